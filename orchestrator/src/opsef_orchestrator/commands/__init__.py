@@ -1,0 +1,1 @@
+"""Sub-commands of ``opsef-orchestrate``, one module per area, loaded lazily by :mod:`opsef_orchestrator.cli`."""
