@@ -1,0 +1,362 @@
+"""The run configuration: one validated YAML file defines a run.
+
+Unknown keys and bad values are rejected naming the key (pydantic,
+``extra="forbid"``); ``--set key=value`` overrides any key from the command
+line (dotted path, list items by index: ``models.0.grid.scale=[0.5,1.0]``).
+
+Examples
+--------
+>>> cfg = RunConfig.model_validate({"name": "t", "inputs": [{"path": "img.tif"}],
+...     "models": [{"model": "stardist:stardist_dsb2018_starter", "grid": {"prob_threshold": [0.4, 0.6]}}]})
+>>> [m.parameter_sets() for m in cfg.models]
+[[{'prob_threshold': 0.4}, {'prob_threshold': 0.6}]]
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opsef_protocol.params import validate_params
+
+from opsef_orchestrator.pipelines import Pipeline, ReadOptions
+from opsef_orchestrator.segmentation import parse_model_ref
+
+__all__ = [
+    "ConfigError",
+    "InputSpec",
+    "GroundTruthSpec",
+    "ModelSpec",
+    "TilingSpec",
+    "PostprocessSpec",
+    "OutputSpec",
+    "ExecutionSpec",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "config_reference",
+    "TEMPLATE",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+#: Largest YAML file accepted, and the most aliases (defends against "billion laughs" anchors).
+MAX_CONFIG_BYTES = 1_000_000
+MAX_ALIASES = 100
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be read or does not validate; names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """Images to process: a file, or a folder with include/exclude patterns."""
+
+    path: Path = Field(..., description="An image file or a folder of images.")
+    include: list[str] = Field(default_factory=list, description="Glob patterns a file must match (folders).")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns that drop a file (folders).")
+    recursive: bool = Field(False, description="Also look in sub-folders.")
+    read: ReadOptions = Field(default_factory=ReadOptions, description="Axes, series, channel, time, z selection.")
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class GroundTruthSpec(_Strict):
+    """Ground-truth label images for evaluation, matched to inputs by file stem."""
+
+    path: Path = Field(..., description="Folder of label images.")
+    pattern: str = Field("{stem}.tif", description="File name of an input's labels; {stem} is the input's stem.")
+
+
+class ModelSpec(_Strict):
+    """One model with fixed parameters and a parameter grid (every combination is run)."""
+
+    model: str = Field(..., description="SERVICE:MODEL, e.g. cellpose:cellpose_dsb2018_starter.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Fixed Segment parameters.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Parameter -> list of values to sweep.")
+
+    @field_validator("model")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        parse_model_ref(v)
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return validate_params(v)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid {key!r} has no values")
+            for value in values:
+                validate_params({key: value})
+        return v
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> "ModelSpec":
+        both = sorted(set(self.parameters) & set(self.grid))
+        if both:
+            raise ValueError(f"parameter(s) {both} are both fixed and in the grid")
+        return self
+
+    def parameter_sets(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, each merged with the fixed parameters."""
+        keys = list(self.grid)
+        return [{**self.parameters, **dict(zip(keys, combo))} for combo in itertools.product(*(self.grid[k] for k in keys))]
+
+
+class TilingSpec(_Strict):
+    """Orchestrator-side tiling of images larger than a model should take at once."""
+
+    tile_size: int = Field(2048, ge=64, le=65536, description="Tile edge (pixels) in Y and X; larger images are tiled.")
+    overlap: int = Field(128, ge=0, le=4096, description="Overlap between tiles (pixels); > twice the largest object radius.")
+    z_tile_size: int = Field(0, ge=0, description="Tile size along Z for volumes (0 = never tile Z).")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "TilingSpec":
+        if self.overlap * 2 >= self.tile_size:
+            raise ValueError(f"overlap ({self.overlap}) must be less than half the tile size ({self.tile_size})")
+        return self
+
+
+class PostprocessSpec(_Strict):
+    """Measurements, filters and classification applied to every label image."""
+
+    measure: bool = Field(True, description="Measure every object (area, shape, intensity).")
+    filters: dict[str, tuple[Optional[float], Optional[float]]] = Field(
+        default_factory=dict, description="Property -> [min, max] (null = open); objects outside are removed.")
+    intensity_image: str = Field("preprocessed", pattern="^(preprocessed|input)$",
+                                 description="Intensities measured on the preprocessed or the input image.")
+
+
+class OutputSpec(_Strict):
+    """What each run writes, and where."""
+
+    root: Path = Field(Path("runs"), description="Folder holding one sub-folder per run.")
+    preprocessed: bool = Field(True, description="Write the preprocessed images.")
+    overlays: bool = Field(True, description="Write outline overlays and montages.")
+    tables: bool = Field(True, description="Write per-object tables (CSV).")
+    csv_dialect: str = Field("default", pattern="^(default|european)$", description="'european': ';' separator, ',' decimal.")
+    report: bool = Field(True, description="Write the self-contained HTML report.")
+
+
+class ExecutionSpec(_Strict):
+    """How jobs are sent to the services."""
+
+    max_in_flight: int = Field(2, ge=1, le=256, description="Requests in flight per service.")
+    timeout_s: float = Field(900.0, gt=0, description="Deadline of one Segment request.")
+    attempts: int = Field(6, ge=1, le=50, description="Attempts per request on retryable errors (with backoff).")
+    start_services: bool = Field(True, description="Start local services that are not running.")
+    restart_dead_services: bool = Field(True, description="Restart a local service that died during the run.")
+    cpu_fallback: Optional[dict[str, str]] = Field(
+        None, description="Service -> endpoint of a CPU replica to use when a GPU runs out of memory.")
+
+
+class RunConfig(_Strict):
+    """A whole run: inputs x pipelines x models x parameters."""
+
+    name: str = Field(..., pattern=_NAME, description="Run name (run folders are NAME-YYYYmmdd-HHMMSS).")
+    inputs: list[InputSpec] = Field(..., min_length=1, description="Input files and folders.")
+    ground_truth: Optional[GroundTruthSpec] = Field(None, description="Labels for evaluation (optional).")
+    pipelines: list[Pipeline] = Field(default_factory=lambda: [Pipeline(name="none", steps=[])],
+                                      description="Named preprocessing pipelines (default: one, 'none').")
+    models: list[ModelSpec] = Field(..., min_length=1, description="Models and their parameter grids.")
+    tiling: TilingSpec = Field(default_factory=TilingSpec)
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    outputs: OutputSpec = Field(default_factory=OutputSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    endpoints: dict[str, str] = Field(default_factory=dict,
+                                      description="Service -> gRPC target (else $OPSEF_ENDPOINTS, else local services).")
+
+    @model_validator(mode="after")
+    def _unique_pipelines(self) -> "RunConfig":
+        names = [p.name for p in self.pipelines]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"pipeline names must be unique: {dups}")
+        return self
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """Safe YAML loader that refuses documents with many aliases (anchor bombs)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} YAML aliases: refusing (possible alias bomb)")
+        return super().compose_node(parent, index)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _set_path(data: Any, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not re.fullmatch(r"\d+", key) or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {key!r} is not an index of a list of {len(node)} items")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is not a mapping or list")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a config mapping."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.load(raw, Loader=_LimitedLoader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value is not valid YAML ({exc})") from None
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run configuration; relative paths are relative to the file.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the bad key.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a run configuration")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    try:
+        data = yaml.load(text, Loader=_LimitedLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_format_errors(exc)}") from None
+    base = path.resolve().parent
+    for spec in cfg.inputs:
+        spec.path = (base / spec.path).resolve() if not spec.path.is_absolute() else spec.path
+    if cfg.ground_truth and not cfg.ground_truth.path.is_absolute():
+        cfg.ground_truth.path = (base / cfg.ground_truth.path).resolve()
+    if not cfg.outputs.root.is_absolute():
+        cfg.outputs.root = (base / cfg.outputs.root).resolve()
+    return cfg
+
+
+def config_reference() -> str:
+    """Markdown reference of every key, generated from the schema (so it cannot drift)."""
+    lines = ["# Run configuration reference", "", "Generated from the schema by `opsef-orchestrate config-reference`.", ""]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = field.annotation
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            if isinstance(default, str) and len(default) > 60:
+                default = default[:57] + "..."
+            lines.append(f"- `{key}` (default: {default}): {field.description or ''}")
+            inner = getattr(ann, "__args__", None)
+            candidates = [ann] + list(inner or [])
+            for c in candidates:
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    walk(c, key + ("[]." if inner and getattr(ann, "__origin__", None) is list else "."))
+                    break
+
+    walk(RunConfig, "")
+    lines += ["", "Preprocessing operations (`pipelines[].steps[]`):", ""]
+    from opsef_orchestrator.pipelines import operations_reference
+
+    lines.append(operations_reference())
+    return "\n".join(lines) + "\n"
+
+
+TEMPLATE = """\
+# OpSeF run configuration. Validate with: opsef-orchestrate run THIS.yaml --dry-run
+# Every key: opsef-orchestrate config-reference
+name: my_sweep                       # run folders: <outputs.root>/my_sweep-YYYYmmdd-HHMMSS
+
+inputs:                              # files or folders
+  - path: ../shared/data/dsb2018/val/images
+    include: ["*.png"]               # glob patterns (OpSeF's subset)
+    exclude: []
+    read: {}                         # axes / series / channel / time / z / memmap
+
+ground_truth:                        # optional: enables evaluation and the leaderboard
+  path: ../shared/data/dsb2018/val/masks
+  pattern: "{stem}.tif"
+
+pipelines:                           # named preprocessing pipelines (rows of the montage)
+  - name: none
+    steps: []
+  - name: median3
+    steps:
+      - {op: median, size: 3}
+  - name: clahe
+    steps:
+      - {op: clahe, tile_grid: 8, clip_limit: 0.01}
+
+models:                              # SERVICE:MODEL, fixed parameters and a grid (columns)
+  - model: stardist:stardist_dsb2018_starter
+    parameters: {}
+    grid: {prob_threshold: [0.4, 0.6]}
+  - model: cellpose:cellpose_dsb2018_starter
+    grid: {scale: [0.6, 1.0, 1.4]}   # OpSeF's Cellpose scale factor
+  - model: unet:unet_dsb2018_starter
+
+tiling: {tile_size: 2048, overlap: 128}
+postprocess:
+  filters: {}                        # e.g. {area: [20, null], circularity: [0.5, null]}
+outputs:
+  root: runs
+  csv_dialect: default               # or european (; and ,)
+execution:
+  max_in_flight: 2
+  timeout_s: 900
+endpoints: {}                        # e.g. {stardist: "dns:///opsef-stardist:50051"}
+"""

@@ -1,0 +1,604 @@
+"""The run engine: inputs x pipelines x models x parameters, fanned out to the services.
+
+- Every job's result is cached by content (input bytes and read options,
+  pipeline, model and version and weights hash, parameters, tiling): re-running
+  a finished run does no inference, and an interrupted run (Ctrl-C, kill -9, a
+  service crash) resumes where it stopped. Files are written to a temporary
+  name and renamed, so nothing half-written is ever seen.
+- Each service gets at most ``execution.max_in_flight`` requests at once; the
+  main thread reads and preprocesses the next images while services predict.
+- Images larger than ``tiling.tile_size`` are tiled with overlap, segmented
+  tile by tile and stitched without seams (objects across borders are one).
+- A local service that dies is restarted and its jobs retried; a job that
+  still fails is recorded with its reason and the run goes on.
+
+Output layout of a run folder (``<outputs.root>/<name>-<YYYYmmdd-HHMMSS>/``)::
+
+    run.yaml                       resolved configuration (rerun: opsef-orchestrate run RUN/run.yaml)
+    record.json                    versions, weight hashes, host, timings per job and stage, status
+    jobs.jsonl                     journal: one line per finished job (resume reads it)
+    inputs.csv                     inputs as used (path, sha256, shape, axes, pixel size)
+    preprocessed/<pipeline>/<stem>.tif
+    labels/<combination>/<stem>.tif      combination = <pipeline>__<service>-<model>__<parameters>
+    tables/evaluation.csv, tables/leaderboard.csv, tables/objects.csv
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+from opsef_orchestrator import __version__
+from opsef_orchestrator.client import SegmentError, SegmenterClient
+from opsef_orchestrator.config import RunConfig
+from opsef_orchestrator.io import Image, list_images, read_image, write_image, write_labels
+from opsef_orchestrator.manager import ServiceManager
+from opsef_orchestrator.pipelines import Pipeline
+from opsef_orchestrator.segmentation import ModelRef, parse_model_ref
+from opsef_orchestrator.tiling import Tile, stitch_labels, tile_grid
+
+__all__ = ["ImageItem", "Job", "Plan", "RunResult", "RunError", "make_plan", "run", "combination_name", "file_sha256"]
+
+logger = logging.getLogger(__name__)
+_GRPC_SAFE_AXES = ("YX", "YXC", "ZYX", "ZYXC")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (bad inputs, missing models, services unreachable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    stem: str
+    input_index: int
+    ground_truth: Path | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    image: ImageItem
+    pipeline: Pipeline
+    ref: ModelRef
+    params: dict[str, Any]
+
+    @property
+    def combination(self) -> str:
+        return combination_name(self.pipeline.name, self.ref, self.params)
+
+    @property
+    def id(self) -> str:
+        return f"{self.image.stem}/{self.combination}"
+
+
+@dataclasses.dataclass
+class Plan:
+    images: list[ImageItem]
+    combinations: list[tuple[Pipeline, ModelRef, dict[str, Any]]]
+
+    @property
+    def jobs(self) -> Iterator[Job]:
+        for img in self.images:
+            for pipe, ref, params in self.combinations:
+                yield Job(img, pipe, ref, params)
+
+    @property
+    def n_jobs(self) -> int:
+        return len(self.images) * len(self.combinations)
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({ref.service for _, ref, _ in self.combinations})
+
+    def describe(self, cfg: RunConfig) -> str:
+        n_param = sum(len(m.parameter_sets()) for m in cfg.models)
+        lines = [
+            f"run {cfg.name!r}: {len(self.images)} images x {len(cfg.pipelines)} pipelines x {n_param} model/parameter sets "
+            f"= {self.n_jobs} jobs",
+            f"services needed: {', '.join(self.services)}",
+        ]
+        for m in cfg.models:
+            sets = m.parameter_sets()
+            lines.append(f"  {m.model}: {len(sets)} parameter set(s) {sets if len(sets) <= 6 else ''}".rstrip())
+        lines.append(f"pipelines: {', '.join(p.name for p in cfg.pipelines)}")
+        lines.append(f"ground truth: {'yes' if cfg.ground_truth else 'no'}; outputs under {cfg.outputs.root}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    record: dict[str, Any]
+    failed: list[dict[str, Any]]
+    evaluation: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "T" if v else "F"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "x".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def combination_name(pipeline: str, ref: ModelRef, params: dict[str, Any]) -> str:
+    """Folder-safe name of a pipeline x model x parameters combination.
+
+    Examples
+    --------
+    >>> combination_name("median3", ModelRef("cellpose", "nuclei"), {"scale": 0.6})
+    'median3__cellpose-nuclei__scale0.6'
+    >>> combination_name("none", ModelRef("stardist", "m"), {})
+    'none__stardist-m__default'
+    """
+    p = "_".join(f"{k}{_fmt(v)}" for k, v in sorted(params.items())) or "default"
+    return f"{pipeline}__{ref.service}-{ref.model}__{p}"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_plan(cfg: RunConfig) -> Plan:
+    """Resolve the inputs (folders, patterns, ground truth) and the combinations; reads no pixels."""
+    images: list[ImageItem] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(cfg.inputs):
+        if spec.path.is_dir():
+            paths = list_images(spec.path, spec.include or None, spec.exclude or None, recursive=spec.recursive)
+            if not paths:
+                raise RunError(f"inputs[{i}].path {spec.path}: no images match include={spec.include} exclude={spec.exclude}")
+        elif spec.path.is_file():
+            paths = [spec.path]
+        else:
+            raise RunError(f"inputs[{i}].path {spec.path}: no such file or folder")
+        for p in paths:
+            stem = p.stem
+            if stem in seen:
+                seen[stem] += 1
+                stem = f"{stem}__{seen[stem]}"
+            else:
+                seen[stem] = 0
+            gt = None
+            if cfg.ground_truth is not None:
+                cand = cfg.ground_truth.path / cfg.ground_truth.pattern.format(stem=p.stem)
+                gt = cand if cand.is_file() else None
+                if gt is None:
+                    logger.warning("no ground truth for %s (looked for %s)", p, cand)
+            images.append(ImageItem(p.resolve(), stem, i, gt))
+    combos = [(pipe, parse_model_ref(m.model), params) for pipe in cfg.pipelines for m in cfg.models for params in m.parameter_sets()]
+    return Plan(images, combos)
+
+
+# ---------------------------------------------------------------------------- services
+class _ServicePool:
+    """One client per service; restarts dead local services and swaps their client."""
+
+    def __init__(self, cfg: RunConfig, manager: ServiceManager) -> None:
+        self.cfg = cfg
+        self.manager = manager
+        self.lock = threading.Lock()
+        self.clients: dict[str, SegmenterClient] = {}
+        self.generation: dict[str, int] = {}
+
+    def _new_client(self, target: str) -> SegmenterClient:
+        ex = self.cfg.execution
+        return SegmenterClient(target, timeout=ex.timeout_s, attempts=min(ex.attempts, 3), max_backoff=4.0)
+
+    def start(self, services: list[str]) -> None:
+        eps = self.manager.endpoints()
+        missing = [s for s in services if s not in eps]
+        if missing:
+            if not self.cfg.execution.start_services:
+                raise RunError(f"services not running and start_services is false: {', '.join(missing)}")
+            try:
+                eps.update(self.manager.up(missing))
+            except Exception as exc:  # noqa: BLE001 - surfaced as one message
+                raise RunError(f"could not start services {missing}: {exc}") from None
+        for s in services:
+            self.clients[s] = self._new_client(eps[s])
+            self.generation[s] = 0
+
+    def client(self, service: str) -> tuple[SegmenterClient, int]:
+        with self.lock:
+            return self.clients[service], self.generation[service]
+
+    def recover(self, service: str, generation: int) -> None:
+        """After UNAVAILABLE: restart the local service if it died (once per failure generation)."""
+        with self.lock:
+            if self.generation[service] != generation:
+                return  # another worker already recovered it
+            if service in self.manager.explicit or not self.cfg.execution.restart_dead_services:
+                return
+            if self.manager.running(service):
+                return
+            logger.warning("service %s is down: restarting it", service)
+            target = self.manager.ensure_running(service)
+            old = self.clients[service]
+            self.clients[service] = self._new_client(target)
+            self.generation[service] += 1
+            old.close()
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+
+# ---------------------------------------------------------------------------- helpers
+def _service_input(img: Image) -> tuple[np.ndarray, str]:
+    data, axes = img.data, img.axes
+    if "T" in axes:
+        raise ValueError(f"{img.path}: still has a time axis ({axes}); select a time point (inputs[].read.time)")
+    if axes.endswith("C") and data.shape[-1] == 4:
+        data = data[..., :3]  # RGBA: drop alpha
+    if axes not in _GRPC_SAFE_AXES:
+        raise ValueError(f"{img.path}: axes {axes} cannot be sent to a model (need YX, YXC, ZYX or ZYXC)")
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    return np.ascontiguousarray(data), axes
+
+
+def _job_base(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "image": str(job.image.path), "stem": job.image.stem, "pipeline": job.pipeline.name,
+            "model": str(job.ref), "params": job.params, "combination": job.combination}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.part")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class _Journal:
+    """Append-only job journal (one JSON line per finished job), safe against kill -9 mid-line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill: ignored, the job is redone (or found in the cache)
+                out[entry["id"]] = entry
+        return out
+
+    def append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, default=str) + "\n"
+        with self.lock, open(self.path, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class _Progress:
+    def __init__(self, total: int, callback: Callable[[str], None] | None) -> None:
+        self.total, self.callback = total, callback
+        self.done = self.failed = self.cached = 0
+        self.per_model: dict[str, int] = {}
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def update(self, model: str, status: str) -> None:
+        with self.lock:
+            self.done += 1
+            self.failed += status == "failed"
+            self.cached += status == "cached"
+            self.per_model[model] = self.per_model.get(model, 0) + 1
+            now = time.monotonic()
+            if self.callback and (now - self.last > 2.0 or self.done == self.total):
+                self.last = now
+                self.callback(self.line())
+
+    def line(self) -> str:
+        el = time.monotonic() - self.t0
+        rate = self.done / el if el > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        models = ", ".join(f"{k} {v}" for k, v in sorted(self.per_model.items()))
+        return (f"{self.done}/{self.total} jobs ({self.cached} cached, {self.failed} failed), {rate:.2f} jobs/s, "
+                f"ETA {eta:.0f} s [{models}]")
+
+
+# ---------------------------------------------------------------------------- segmentation
+def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: str, params: dict[str, Any],
+                   tile: int, overlap: int, z_tile: int, request_id: str) -> tuple[np.ndarray, dict[str, float]]:
+    spatial = data.shape[: len(axes.replace("C", ""))]
+    timings = {"predict_s": 0.0, "requests": 0}
+    ny, nx = spatial[-2:]
+    if max(ny, nx) <= tile and (z_tile == 0 or len(spatial) == 2 or spatial[0] <= z_tile):
+        res = client.segment(data, axes, model, params, request_id=request_id)
+        return res.labels, {"predict_s": res.timings["predict_s"], "requests": 1, "model_version": res.model_version}
+    tile_shape = ((spatial[0] if not z_tile else min(z_tile, spatial[0])),) * (len(spatial) - 2) + (min(tile, ny), min(tile, nx))
+    ov = ((overlap if z_tile else 0),) * (len(spatial) - 2) + (overlap, overlap)
+    grid = tile_grid(spatial, tile_shape, ov)
+    version = ""
+
+    def results() -> Iterator[tuple[Tile, np.ndarray]]:
+        nonlocal version
+        for t in grid:
+            part = np.ascontiguousarray(data[t.read])
+            res = client.segment(part, axes, model, params, request_id=f"{request_id}@{t.index}")
+            timings["predict_s"] += res.timings["predict_s"]
+            timings["requests"] += 1
+            version = res.model_version
+            yield t, res.labels
+
+    labels = stitch_labels(results(), spatial)
+    timings["model_version"] = version
+    return labels, timings
+
+
+# ---------------------------------------------------------------------------- run
+def _new_run_dir(root: Path, name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(100):
+        d = root / (f"{name}-{stamp}" if i == 0 else f"{name}-{stamp}-{i}")
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise RunError(f"cannot create a new run folder under {root}")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _model_infos(pool: _ServicePool, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+    import grpc
+
+    services: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for s in plan.services:
+        client, _ = pool.client(s)
+        try:
+            info = client.info()
+            listed = {m.name: m for m in client.models()}
+        except grpc.RpcError as exc:
+            raise RunError(f"service {s} at {client.target} is not usable: {exc.code().name}: {exc.details()}") from None
+        services[s] = {"endpoint": client.target, "framework": info.framework, "framework_version": info.framework_version,
+                       "device": info.device, "protocol_version": info.protocol_version,
+                       "library_versions": dict(info.library_versions)}
+        for _, ref, _ in plan.combinations:
+            if ref.service != s or str(ref) in models:
+                continue
+            m = listed.get(ref.model)
+            if m is None:
+                raise RunError(f"model {ref} not found; {s} has: {', '.join(sorted(listed))}")
+            if not m.weights_present:
+                raise RunError(f"model {ref}: weights are missing ({m.weights_location}); see `opsef-orchestrate doctor`")
+            models[str(ref)] = {"version": m.version, "source": m.source, "weights_sha256": m.weights_sha256,
+                                "dims": list(m.dims), "axes": list(m.axes)}
+    return services, models
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    manager: ServiceManager | None = None,
+    run_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    config_text: str | None = None,
+) -> RunResult:
+    """Execute a run configuration; returns where it went and what failed.
+
+    ``run_dir`` continues an existing run folder (resume); by default a new one
+    is created and never overwrites another.
+    """
+    from opsef_orchestrator import postrun
+
+    t_start = time.time()
+    plan = make_plan(cfg)
+    manager = manager or ServiceManager(endpoints=cfg.endpoints)
+    if cfg.endpoints:
+        manager.explicit.update(cfg.endpoints)
+    pool = _ServicePool(cfg, manager)
+    pool.start(plan.services)
+    try:
+        services, models = _model_infos(pool, plan)
+        run_dir = Path(run_dir) if run_dir else _new_run_dir(cfg.outputs.root, cfg.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cache = cfg.outputs.root / ".cache" / "labels"
+        resolved = cfg.model_dump(mode="json")
+        _write_text_atomic(run_dir / "run.yaml", config_text or yaml.safe_dump(resolved, sort_keys=False))
+        journal = _Journal(run_dir / "jobs.jsonl")
+        done = {k: v for k, v in journal.read().items() if v.get("status") in ("ok", "cached")}
+        prog = _Progress(plan.n_jobs, progress)
+        failed: list[dict[str, Any]] = []
+        entries: dict[str, dict[str, Any]] = dict(done)
+        elock = threading.Lock()
+        stage = {"read_preprocess_s": 0.0}
+        inputs_rows: list[dict[str, Any]] = []
+        semaphores = {s: threading.BoundedSemaphore(cfg.execution.max_in_flight * 2) for s in plan.services}
+        executors = {s: cf.ThreadPoolExecutor(cfg.execution.max_in_flight, thread_name_prefix=f"opsef-{s}") for s in plan.services}
+        futures: list[cf.Future] = []
+
+        def finish(job: Job, entry: dict[str, Any]) -> None:
+            journal.append(entry)
+            with elock:
+                entries[job.id] = entry
+                if entry["status"] == "failed":
+                    failed.append(entry)
+            prog.update(str(job.ref), entry["status"])
+
+        def work(job: Job, data: np.ndarray, axes: str, key: str, out: Path) -> None:
+            t0 = time.perf_counter()
+            base = {**_job_base(job), "key": key}
+            cached = cache / key[:2] / f"{key}.tif"
+            try:
+                tile = cfg.tiling.tile_size
+                for recovery in range(4):
+                    client, gen = pool.client(job.ref.service)
+                    try:
+                        labels, timings = _segment_tiled(client, data, axes, job.ref.model, job.params, tile,
+                                                         min(cfg.tiling.overlap, tile // 4), cfg.tiling.z_tile_size, job.id)
+                        break
+                    except SegmentError as exc:
+                        if exc.reason == "out_of_memory" and tile > 128:
+                            tile //= 2
+                            logger.warning("%s: out of memory; retrying with %d-pixel tiles", job.id, tile)
+                            continue
+                        if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED") and recovery < 3:
+                            pool.recover(job.ref.service, gen)
+                            time.sleep(1.0 + recovery)
+                            continue
+                        raise
+                write_labels(cached, labels)
+                _link_or_copy(cached, out)
+                finish(job, {**base, "status": "ok", "labels": str(out.relative_to(run_dir)), "seconds": round(time.perf_counter() - t0, 3),
+                             "predict_s": round(timings["predict_s"], 3), "requests": timings["requests"],
+                             "objects": int(labels.max()) if labels.size else 0, "model_version": timings.get("model_version", "")})
+            except SegmentError as exc:
+                finish(job, {**base, "status": "failed", "error": f"{exc.code.name}: {exc.details}", "seconds": round(time.perf_counter() - t0, 3)})
+            except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                logger.exception("job %s failed", job.id)
+                finish(job, {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t0, 3)})
+            finally:
+                semaphores[job.ref.service].release()
+
+        try:
+            for item in plan.images:
+                jobs_all = [Job(item, p, r, pr) for p, r, pr in plan.combinations]
+                for j in jobs_all:
+                    if j.id in done:
+                        prog.update(str(j.ref), "cached")
+                todo = [j for j in jobs_all if j.id not in done]
+                t0 = time.perf_counter()
+                try:
+                    digest = file_sha256(item.path)
+                except OSError as exc:
+                    for j in todo:
+                        finish(j, {**_job_base(j), "status": "failed", "error": f"{item.path}: cannot read ({exc.strerror})"})
+                    continue
+                read_opts = cfg.inputs[item.input_index].read
+                keyed: list[tuple[Job, str, Path]] = []
+                for j in todo:
+                    key_src = {"input": digest, "read": read_opts.model_dump(mode="json"),
+                               "pipeline": j.pipeline.model_dump(mode="json"), "model": str(j.ref),
+                               "model_info": models[str(j.ref)], "params": j.params,
+                               "tiling": cfg.tiling.model_dump(mode="json")}
+                    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()
+                    keyed.append((j, key, run_dir / "labels" / j.combination / f"{item.stem}.tif"))
+                # Jobs whose result is in the content cache need no pixels at all.
+                pending: dict[str, list[tuple[Job, str, Path]]] = {}
+                for j, key, out in keyed:
+                    cached = cache / key[:2] / f"{key}.tif"
+                    if cached.is_file():
+                        _link_or_copy(cached, out)
+                        finish(j, {**_job_base(j), "key": key, "status": "cached", "labels": str(out.relative_to(run_dir)), "seconds": 0.0})
+                    else:
+                        pending.setdefault(j.pipeline.name, []).append((j, key, out))
+                want_pre = [p for p in cfg.pipelines if p.name in pending or (
+                    cfg.outputs.preprocessed and not (run_dir / "preprocessed" / p.name / f"{item.stem}.tif").is_file())]
+                if not want_pre:
+                    continue
+                try:
+                    img = read_image(item.path, **read_opts.kwargs())
+                except Exception as exc:  # noqa: BLE001 - one bad input must not stop the run
+                    for jobs in pending.values():
+                        for j, key, out in jobs:
+                            finish(j, {**_job_base(j), "key": key, "status": "failed", "error": str(exc)})
+                    continue
+                inputs_rows.append({"stem": item.stem, "path": str(item.path), "sha256": digest, "shape": list(img.shape),
+                                    "axes": img.axes, "pixel_size": img.pixel_size, "ground_truth": str(item.ground_truth or "")})
+                for pipe in want_pre:
+                    jobs = pending.get(pipe.name, [])
+                    try:
+                        pre = pipe.apply_image(img)
+                        data, axes = _service_input(pre)
+                    except Exception as exc:  # noqa: BLE001
+                        for j, key, out in jobs:
+                            finish(j, {**_job_base(j), "key": key, "status": "failed", "error": f"preprocessing: {exc}"})
+                        continue
+                    if cfg.outputs.preprocessed:
+                        target = run_dir / "preprocessed" / pipe.name / f"{item.stem}.tif"
+                        if not target.is_file():
+                            write_image(target, pre.data, pre.axes, pre.pixel_size)
+                    for j, key, out in jobs:
+                        semaphores[j.ref.service].acquire()
+                        futures.append(executors[j.ref.service].submit(work, j, data, axes, key, out))
+                stage["read_preprocess_s"] += time.perf_counter() - t0
+            for f in futures:
+                f.result()
+        finally:
+            for ex in executors.values():
+                ex.shutdown(wait=True, cancel_futures=True)
+        t_infer = time.time()
+        if inputs_rows:
+            import pandas as pd
+
+            from opsef_orchestrator.tables import write_table
+
+            old = run_dir / "inputs.csv"
+            rows = inputs_rows
+            if old.is_file():
+                prev = pd.read_csv(old)
+                rows = [r for r in prev.to_dict("records") if r["stem"] not in {x["stem"] for x in inputs_rows}] + inputs_rows
+            write_table(pd.DataFrame(rows), old)
+        evaluation = postrun.finalize(cfg, plan, run_dir, entries)
+        t_end = time.time()
+        record = {
+            "opsef_version": __version__,
+            "status": "complete" if not failed else "failed",
+            "run_dir": str(run_dir),
+            "started": dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
+            "finished": dt.datetime.fromtimestamp(t_end).isoformat(timespec="seconds"),
+            "host": {"name": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
+                     "cpus": os.cpu_count()},
+            "config": resolved,
+            "services": services,
+            "models": models,
+            "plan": {"images": len(plan.images), "combinations": len(plan.combinations), "jobs": plan.n_jobs},
+            "counts": {"ok": sum(e["status"] == "ok" for e in entries.values()),
+                       "cached": sum(e["status"] == "cached" for e in entries.values()), "failed": len(failed)},
+            "stages": {"read_preprocess_s": round(stage["read_preprocess_s"], 3), "inference_wall_s": round(t_infer - t_start, 3),
+                       "postprocess_s": round(t_end - t_infer, 3), "total_s": round(t_end - t_start, 3)},
+            "jobs": sorted(entries.values(), key=lambda e: e["id"]),
+            "failed": failed,
+        }
+        _write_text_atomic(run_dir / "record.json", json.dumps(record, indent=2, default=str))
+        return RunResult(run_dir, record, failed, evaluation)
+    finally:
+        pool.close()
