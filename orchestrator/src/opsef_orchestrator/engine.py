@@ -455,7 +455,10 @@ def run(
         executors = {s: cf.ThreadPoolExecutor(cfg.execution.max_in_flight, thread_name_prefix=f"opsef-{s}") for s in plan.services}
         futures: list[cf.Future] = []
 
+        session = f"{dt.datetime.fromtimestamp(t_start).isoformat(timespec='seconds')}/{os.getpid()}"
+
         def finish(job: Job, entry: dict[str, Any]) -> None:
+            entry["session"] = session
             journal.append(entry)
             with elock:
                 entries[job.id] = entry
@@ -582,6 +585,7 @@ def run(
         record = {
             "opsef_version": __version__,
             "status": "complete" if not failed else "failed",
+            "session": session,
             "run_dir": str(run_dir),
             "started": dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
             "finished": dt.datetime.fromtimestamp(t_end).isoformat(timespec="seconds"),

@@ -153,7 +153,15 @@ def _as_labels(x: np.ndarray, name: str) -> np.ndarray:
 
 def _index(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label ids (nonzero, sorted) and per-pixel index 0 (background) .. n."""
-    ids, inv = np.unique(x.ravel(), return_inverse=True)
+    flat = x.ravel()
+    mx = int(flat.max(initial=0))
+    if mx <= max(4 * flat.size, 1 << 20):  # O(N) look-up table instead of sorting
+        present = np.bincount(flat, minlength=mx + 1)
+        ids = np.flatnonzero(present[1:]) + 1
+        lut = np.zeros(mx + 1, np.int64)
+        lut[ids] = np.arange(1, ids.size + 1)
+        return ids.astype(x.dtype), lut[flat]
+    ids, inv = np.unique(flat, return_inverse=True)
     inv = inv.ravel()
     if ids.size and ids[0] == 0:
         return ids[1:], inv
@@ -225,11 +233,13 @@ def label_overlap(gt: np.ndarray, pred: np.ndarray) -> LabelOverlap:
     if nt * npd <= 2_000_000:  # dense joint histogram is cheap
         hist = np.bincount(a * npd + b, minlength=nt * npd) if a.size else np.zeros(nt * npd, np.int64)
         key = np.flatnonzero(hist)
-        cnt = hist[key]
-    else:
-        key, cnt = np.unique(a * npd + b, return_counts=True)
-    pt, pp = (key // npd, key % npd) if npd else (key, key)
-    inter = cnt.astype(np.int64)
+        inter = hist[key].astype(np.int64)
+        pt, pp = (key // npd, key % npd) if npd else (key, key)
+    else:  # sparse joint histogram: duplicates summed by the COO -> CSR conversion
+        m = sparse.coo_matrix((np.ones(a.size, np.int64), (a, b)), shape=(nt, npd)).tocsr()
+        m.sum_duplicates()
+        c = m.tocoo()
+        pt, pp, inter = c.row.astype(np.int64), c.col.astype(np.int64), c.data.astype(np.int64)
     iou = inter / (tarea[pt] + parea[pp] - inter)
     return LabelOverlap(tid, pid, tarea, parea, pt.astype(np.int64), pp.astype(np.int64), inter, iou)
 

@@ -588,7 +588,7 @@ def export_for_imagej(
             from .classify import class_image
 
             cimg = class_image(labels, classes)
-            for c in sorted(set(int(v) for v in classes.values())):
+            for c in np.unique(cimg[labels > 0]).tolist():  # objects without a class are class 0
                 if c > 99:
                     raise ValueError(f"classes: AnnotatorJ class masks support classes 0..99, got {c}")
                 rel = f"masks/{stem}_MaskClass{c:02d}.tif"

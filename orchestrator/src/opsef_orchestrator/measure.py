@@ -3,8 +3,9 @@
 Shape columns (pixel units): ``label``, ``area`` (2D) or ``volume`` (3D),
 ``centroid_{z,}y,x``, ``bbox_min_*``/``bbox_max_*`` (max exclusive),
 ``equivalent_diameter``, ``major_axis_length``, ``minor_axis_length``,
-``solidity``; 2D only: ``perimeter``, ``circularity`` (4 pi area / perimeter^2,
-from scikit-image's perimeter, so it can slightly exceed 1 for small objects),
+``solidity``; 2D only: ``perimeter`` (scikit-image's), ``circularity``
+(4 pi area / P^2 with P the Crofton perimeter, which stays close to 1 for
+round objects of any size, where the plain perimeter gives up to 1.3 for tiny disks),
 ``eccentricity``, ``orientation``; 3D only: ``surface_area`` (marching cubes)
 and ``sphericity``.
 
@@ -222,7 +223,7 @@ def measure_objects(
     props = ["label", "area", "centroid", "bbox", "equivalent_diameter_area", "axis_major_length",
              "axis_minor_length"]
     if nd == 2:
-        props += ["perimeter", "eccentricity", "orientation", "solidity"]
+        props += ["perimeter", "perimeter_crofton", "eccentricity", "orientation", "solidity"]
     t = skm.regionprops_table(labels, properties=props)
     df = pd.DataFrame({"label": t["label"].astype(np.int64)})
     df["area" if nd == 2 else "volume"] = t["area"].astype(float)
@@ -238,7 +239,7 @@ def measure_objects(
     if nd == 2:
         df["solidity"] = t["solidity"]
         df["perimeter"] = t["perimeter"]
-        per = df["perimeter"].to_numpy()
+        per = np.asarray(t["perimeter_crofton"], dtype=float)
         df["circularity"] = np.divide(4 * np.pi * df["area"].to_numpy(), per**2, out=np.full(len(df), np.nan),
                                       where=per > 0)
         df["eccentricity"] = t["eccentricity"]

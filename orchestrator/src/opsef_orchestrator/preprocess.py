@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -257,7 +257,9 @@ def clahe(image: np.ndarray, tile_grid: int | Sequence[int] = 8, clip_limit: flo
         raise ValueError(f"clahe: nbins must be >= 2, got {nbins!r}")
     kernel = tuple(max(1, math.ceil(s / t)) for s, t in zip(image.shape, grid))
     lo, hi = float(image.min()), float(image.max())
-    work = np.zeros(image.shape, np.float64) if hi == lo else (image.astype(np.float64) - lo) / (hi - lo)
+    if hi == lo:  # a flat image has no contrast to equalise
+        return np.zeros(image.shape, np.float32)
+    work = (image.astype(np.float64) - lo) / (hi - lo)
     return exposure.equalize_adapthist(work, kernel_size=kernel, clip_limit=clip_limit,
                                        nbins=nbins).astype(np.float32)
 

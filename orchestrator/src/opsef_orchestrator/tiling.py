@@ -245,10 +245,11 @@ def stitch_labels(tile_labels: Iterable[tuple[Tile, np.ndarray]], shape: Sequenc
                   out: np.ndarray | None = None, *, iou_threshold: float = 0.5) -> np.ndarray:
     """Stitch per-tile label images into one uint32 label image with unique ids.
 
-    Each tile's core labels are copied into the output with new ids; then in the
-    part of the tile's read box already owned by earlier tiles, each object of
-    the tile is compared with the stitched objects there, and merged with one
-    whose intersection over union (within that zone) exceeds ``iou_threshold``.
+    Each tile's core labels are copied into the output with new ids; then in
+    each part of the tile's read box owned by an earlier tile (one zone per
+    earlier tile), each object of the tile is compared with the stitched objects
+    there, and merged with one whose intersection over union (within that zone)
+    exceeds ``iou_threshold``.
     Objects crossing tile borders therefore keep one id, objects seen by two
     tiles are not duplicated (only the core owner writes pixels). Finally ids
     are renumbered 1..N in order of first appearance.
@@ -312,26 +313,25 @@ def stitch_labels(tile_labels: Iterable[tuple[Tile, np.ndarray]], shape: Sequenc
             raise ValueError("more objects than a uint32 label image can hold")
         uf.grow(next_id + n_new)
         local_to_global = dict(zip(ids.tolist(), new_ids.tolist()))
-        # 2. merge with objects in the zone owned by tiles already stitched
-        zone = np.zeros(tile.shape, bool)
+        # 2. merge with objects in the zones owned by tiles already stitched (one zone per earlier tile)
         for prev in done:
             box = _intersect(prev.core, tile.read)
-            if box is not None:
-                zone[_shift(box, tile.read)] = True
-        if zone.any():
-            existing = out[tile.read][zone].astype(np.int64)
-            mine = labels[zone].astype(np.int64)
+            if box is None:
+                continue
+            existing = np.asarray(out[box]).astype(np.int64).ravel()
+            mine = labels[_shift(box, tile.read)].astype(np.int64).ravel()
             both = (existing > 0) & (mine > 0)
-            if both.any():
-                pairs, inter = np.unique(np.stack([mine[both], existing[both]]), axis=1, return_counts=True)
-                mine_ids, mine_area = np.unique(mine[mine > 0], return_counts=True)
-                ex_ids, ex_area = np.unique(existing[existing > 0], return_counts=True)
-                area_m = dict(zip(mine_ids.tolist(), mine_area.tolist()))
-                area_e = dict(zip(ex_ids.tolist(), ex_area.tolist()))
-                for (m, e), c in zip(pairs.T.tolist(), inter.tolist()):
-                    iou = c / (area_m[m] + area_e[e] - c)
-                    if iou > iou_threshold and m in local_to_global and local_to_global[m] > 0:
-                        uf.union(local_to_global[m], e)
+            if not both.any():
+                continue
+            pairs, inter = np.unique(np.stack([mine[both], existing[both]]), axis=1, return_counts=True)
+            mine_ids, mine_area = np.unique(mine[mine > 0], return_counts=True)
+            ex_ids, ex_area = np.unique(existing[existing > 0], return_counts=True)
+            area_m = dict(zip(mine_ids.tolist(), mine_area.tolist()))
+            area_e = dict(zip(ex_ids.tolist(), ex_area.tolist()))
+            for (m, e), c in zip(pairs.T.tolist(), inter.tolist()):
+                target = local_to_global.get(m, 0)
+                if target > 0 and c / (area_m[m] + area_e[e] - c) > iou_threshold:
+                    uf.union(target, e)
         out[tile.core] = new_ids[inverse].astype(np.uint32)
         next_id += n_new
         done.append(tile)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import click
@@ -128,7 +129,7 @@ def evaluate(pred: Path, gt: Path, out_dir: Path | None, thresholds: str | None,
         except ValueError as exc:
             raise click.ClickException(f"{pf} vs {gf}: {exc}") from None
         rows += evaluation_rows(res, image=_key(gf), **_combination(pred, pf))
-        logger.info("%s vs %s: f1@%g=%.3f mAP=%.3f", pf, gf, ths[0], res[f"f1@{ths[0]:g}"], res["mAP"])
+        logger.debug("%s vs %s: f1@%g=%.3f mAP=%.3f", pf, gf, ths[0], res[f"f1@{ths[0]:g}"], res["mAP"])
     df = pd.DataFrame(rows)
     by = [c for c in ("combination", "pipeline", "model", "params") if c in df.columns]
     lb = leaderboard(df, by=by, sort_by=sort_by)
@@ -141,3 +142,187 @@ def evaluate(pred: Path, gt: Path, out_dir: Path | None, thresholds: str | None,
                         "mean_matched_iou", "splits", "merges"] if c in lb.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         click.echo(lb[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+# ----------------------------------------------------------------------------- ImageJ export / import
+_CLASS_MASK = re.compile(r"^(?P<stem>.+)_MaskClass(?P<cls>\d{2})$")
+
+
+def _find_image(stem: str, folders: list[Path], exclude: set[Path]) -> Path | None:
+    for d in folders:
+        if not d.is_dir():
+            continue
+        for f in sorted(d.iterdir()):
+            if f.is_file() and f not in exclude and _strip_ext(f.name) is not None and not _is_label_name(f) \
+                    and _key(f) == stem and not _CLASS_MASK.match(_strip_ext(f.name) or ""):
+                return f
+    return None
+
+
+def _load_image(path: Path):
+    img = _read(path)
+    if img.ndim == 3 and img.shape[-1] == 4:
+        img = img[..., :3]
+    return img
+
+
+@click.command("export-imagej")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Export folder (images/, masks/, rois/, 10_ForFiji/FilePairList_*.txt, 12_TmpRoisFromFiji/).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of the images (default: beside the labels).")
+@click.option("--pixel-size", type=float, default=None, help="Pixel size in micrometres (TIFF calibration).")
+@click.option("--allow-32bit", is_flag=True, help="Write 32-bit label TIFFs when a label id exceeds 65535.")
+@click.option("--name", default="opsef", show_default=True, help="Name of the AnnotatorJ pair list.")
+def export_imagej(source: Path, out_dir: Path, images_dir: Path | None, pixel_size: float | None,
+                  allow_32bit: bool, name: str) -> None:
+    """Export label images in SOURCE (*_labels.tif, with images of the same name) for Fiji and AnnotatorJ.
+
+    Writes 16-bit label TIFFs, ImageJ ROI zips (ROI names = label ids, class = ROI group) and the
+    FilePairList that AnnotatorJ's "Import OpSeF" reads. Classes are taken from a table
+    <stem>_objects.csv (columns label, class) beside the labels when present.
+    """
+    import pandas as pd
+
+    from opsef_orchestrator.imagej import export_for_imagej
+
+    label_files = [f for f in _image_files(source, recursive=False) if _is_label_name(f)]
+    if not label_files:
+        raise click.ClickException(f"no label images (*_labels.tif, *_mask.tif ...) in {source}")
+    items = []
+    for lf in label_files:
+        stem = _key(lf)
+        labels = _read(lf)
+        if labels.ndim != 2:
+            raise click.ClickException(f"{lf}: only 2D label images can be exported to ROIs (shape {labels.shape})")
+        img_path = _find_image(stem, [d for d in (images_dir, source) if d is not None], set(label_files))
+        image = _load_image(img_path) if img_path else None
+        if image is None:
+            logger.warning("no image found for %s: exporting labels and ROIs only", lf)
+        classes = None
+        table = lf.parent / f"{stem}_objects.csv"
+        if table.is_file():
+            df = pd.read_csv(table, sep=None, engine="python")
+            if {"label", "class"} <= set(df.columns):
+                classes = {int(k): int(v) for k, v in zip(df["label"], df["class"])}
+        items.append((stem, image, labels, classes))
+    try:
+        written = export_for_imagej(out_dir, items, pixel_size=pixel_size, name=name, allow_32bit=allow_32bit)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"exported {len(items)} images to {out_dir}: {len(written['rois'])} ROI zips"
+               + (f", AnnotatorJ list {written['pairs'][0]}" if written["pairs"] else ""))
+
+
+def _roi_stem(path: Path) -> str:
+    stem = path.stem
+    for suf in ("_RoiSet", "_ROIs", "_rois", "_roiset"):
+        if stem.endswith(suf):
+            stem = stem[: -len(suf)]
+            break
+    else:
+        if stem.lower() in ("roiset", "rois"):
+            return path.parent.name
+    m = _CLASS_MASK.match(stem)
+    if m:
+        return m.group("stem")
+    return _key(Path(stem + ".tif"))
+
+
+@click.command("import-imagej")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default DIRECTORY/imported).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of the images (for the shape and intensities).")
+@click.option("--pixel-size", type=float, default=None, help="Pixel size in micrometres.")
+@click.option("--european", is_flag=True, help="CSV with ';' separator and ',' decimal mark.")
+@click.option("--parquet", is_flag=True, help="Also write parquet tables.")
+def import_imagej(directory: Path, out_dir: Path | None, images_dir: Path | None, pixel_size: float | None,
+                  european: bool, parquet: bool) -> None:
+    """Re-import ROI zips and label images edited in Fiji/AnnotatorJ from DIRECTORY, then measure them.
+
+    For every image the newest source wins (a ROI zip over a label TIFF when equally new); ROI groups
+    (or AnnotatorJ _MaskClassNN masks) give the classes. Writes <stem>_labels.tif, <stem>_objects.csv
+    and summary.csv.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from opsef_orchestrator.classify import classify_objects
+    from opsef_orchestrator.imagej import roi_zip_to_labels, write_label_tiff
+    from opsef_orchestrator.measure import measure_objects
+    from opsef_orchestrator.tables import write_table
+
+    out_dir = out_dir or directory / "imported"
+    files = [f for f in directory.rglob("*") if f.is_file() and out_dir not in f.parents]
+    sources: dict[str, list[tuple[float, int, str, Path]]] = {}
+    class_masks: dict[str, dict[int, Path]] = {}
+    for f in files:
+        if f.suffix.lower() in (".zip", ".roi"):
+            sources.setdefault(_roi_stem(f), []).append((f.stat().st_mtime, 1, "roi", f))
+        elif _strip_ext(f.name) is not None:
+            m = _CLASS_MASK.match(_strip_ext(f.name) or "")
+            if m:
+                class_masks.setdefault(m.group("stem"), {})[int(m.group("cls"))] = f
+            elif _is_label_name(f):
+                sources.setdefault(_key(f), []).append((f.stat().st_mtime, 0, "labels", f))
+    if not sources:
+        raise click.ClickException(f"no ROI zips or label images (*_labels.tif) in {directory}")
+    dialect = "european" if european else "default"
+    summary = []
+    all_label_files = {f for v in sources.values() for *_, f in v}
+    for stem, cands in sorted(sources.items()):
+        _, _, kind, src = max(cands, key=lambda c: (c[0], c[1]))
+        folders = [d for d in (images_dir, src.parent, directory / "images", directory) if d is not None]
+        img_path = _find_image(stem, folders, all_label_files)
+        if img_path is None and src.parent.is_dir():
+            imgs = [f for f in _image_files(src.parent, recursive=False) if f not in all_label_files
+                    and not _is_label_name(f)]
+            img_path = imgs[0] if len(imgs) == 1 else None
+        image = _load_image(img_path) if img_path else None
+        classes: dict[int, int] = {}
+        if kind == "roi":
+            if image is not None:
+                shape = image.shape[:2] if image.ndim == 3 and image.shape[-1] == 3 else image.shape
+            else:
+                lab_cands = [f for _, _, k, f in cands if k == "labels"]
+                if lab_cands:
+                    shape = _read(lab_cands[0]).shape
+                else:
+                    from roifile import ImagejRoi
+
+                    rois = ImagejRoi.fromfile(src)
+                    rois = rois if isinstance(rois, list) else [rois]
+                    shape = (max(r.bottom for r in rois) + 1, max(r.right for r in rois) + 1)
+                    logger.warning("%s: no image found; label image shape %s from the ROI extents", src, shape)
+            try:
+                labels, classes = roi_zip_to_labels(src, shape, return_classes=True)
+            except ValueError as exc:
+                raise click.ClickException(f"{src}: {exc}") from None
+        else:
+            labels = _read(src)
+            if stem in class_masks:
+                cimg = np.zeros(labels.shape, np.int64)
+                for c, p in sorted(class_masks[stem].items()):
+                    cimg[_read(p) > 0] = c
+                classes = classify_objects(labels, cimg, by="overlap", min_fraction=0.5).to_dict()
+        intensity = None
+        if image is not None:
+            if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape:
+                intensity = image
+            elif image.shape == labels.shape:
+                intensity = image
+        table = measure_objects(labels, intensity, pixel_size=pixel_size)
+        table.insert(1, "class", table["label"].map(lambda k: classes.get(int(k), 0)).astype(int))
+        table.insert(0, "image", stem)
+        write_label_tiff(labels, out_dir / f"{stem}_labels.tif", pixel_size, allow_32bit=True)
+        write_table(table, out_dir / f"{stem}_objects.csv", dialect=dialect, parquet=parquet)
+        row = {"image": stem, "source": str(src), "kind": kind, "n_objects": len(table)}
+        for c, n in table["class"].value_counts().sort_index().items():
+            row[f"n_class_{c}"] = int(n)
+        summary.append(row)
+        click.echo(f"{stem}: {len(table)} objects from {src}")
+    write_table(pd.DataFrame(summary).fillna(0), out_dir / "summary.csv", dialect=dialect, parquet=parquet)
+    click.echo(f"wrote {len(summary)} images to {out_dir}")

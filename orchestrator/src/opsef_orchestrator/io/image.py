@@ -169,7 +169,7 @@ def normalize_axes(data: np.ndarray, axes: str, path: str | Path | None = None) 
     return data.transpose(order), "".join(letters[i] for i in order)
 
 
-def _z_slice(z: ZSelection, n: int, path: Any) -> int | slice:
+def _z_slice(z: ZSelection, path: Any) -> int | slice:
     if isinstance(z, (int, np.integer)) and not isinstance(z, bool):
         return int(z)
     if isinstance(z, slice):
@@ -226,7 +226,7 @@ def select_axes(data: np.ndarray, axes: str, *, channel: int | Sequence[int] | N
     if time is not None:
         pick("T", "time point", time)
     if z is not None:
-        pick("Z", "z plane", _z_slice(z, 0, path))
+        pick("Z", "z plane", _z_slice(z, path))
     if channel is not None:
         pick("C", "channel", channel)
     lists = [i for i, ix in enumerate(index) if isinstance(ix, list)]

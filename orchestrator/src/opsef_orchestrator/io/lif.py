@@ -112,6 +112,9 @@ def read_lif_array(path: str | Path, series: int | str | None = None, *, memmap:
             raise ImageReadError(path, f"cannot read series {image.name!r}: {type(exc).__name__}: {exc}") from None
         meta = {"format": str(lif.type.name).lower(), "source_axes": "".join(dims), "series_index": index,
                 "series_count": len(lif.images), "series_path": image.path}
+        if "Y" not in dims and "Z" in dims:
+            meta["xz_scan"] = True
+            logger.debug("%s: series %r is an x-z scan; its Z axis is read as Y", path, image.name)
         return data, lif_axes(dims), _pixel_size(image, dims), image.name, meta
     finally:
         lif.close()

@@ -272,6 +272,8 @@ def read_image(path: str | os.PathLike[str], axes: str | None = None, series: in
         from opsef_orchestrator.io.lif import read_lif_array
 
         data, src_axes, pixel_size, name, meta = read_lif_array(path, series, memmap=memmap)
+    if data.size == 0:
+        raise ImageReadError(path, f"image is empty (shape {tuple(data.shape)})")
     if axes is not None:
         src_axes = _validate_axes_arg(axes, data.ndim, tuple(data.shape), path)
         meta["axes_given"] = src_axes

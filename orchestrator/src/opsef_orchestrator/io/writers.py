@@ -134,6 +134,8 @@ def write_labels(path: str | os.PathLike[str], labels: np.ndarray, axes: str | N
                  pixel_size: tuple[float | None, float | None, float | None] | None = None) -> Path:
     """Write a label image as TIFF: uint16 when the largest label fits (ImageJ-readable), else uint32.
 
+    Default axes are ``"YX"``, ``"ZYX"`` or ``"TZYX"`` by dimensions (never channels).
+
     Examples
     --------
     >>> from opsef_orchestrator.io.readers import read_image
@@ -147,6 +149,8 @@ def write_labels(path: str | os.PathLike[str], labels: np.ndarray, axes: str | N
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.size and labels.min() < 0:
         raise ValueError("labels must not be negative")
+    if axes is None:
+        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels.ndim)  # labels never have channels
     top = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     return write_image(path, labels.astype(dtype, copy=False), axes=axes, pixel_size=pixel_size)
