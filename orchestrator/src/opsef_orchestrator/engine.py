@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -57,6 +58,8 @@ __all__ = ["ImageItem", "Job", "Plan", "RunResult", "RunError", "make_plan", "ru
 
 logger = logging.getLogger(__name__)
 _GRPC_SAFE_AXES = ("YX", "YXC", "ZYX", "ZYXC")
+#: Write errors that are the output folder's fault, not a job's: the run stops (resumable) instead of failing every job.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class RunError(RuntimeError):
@@ -229,6 +232,18 @@ class _ServicePool:
         with self.lock:
             return self.clients[service], self.generation[service]
 
+    def fallback(self, service: str) -> SegmenterClient | None:
+        """Client of the CPU replica of ``service`` (``execution.cpu_fallback``), if the run names one."""
+        target = (self.cfg.execution.cpu_fallback or {}).get(service)
+        if not target:
+            return None
+        with self.lock:
+            key = f"{service}@cpu-fallback"
+            if key not in self.clients:
+                self.clients[key] = self._new_client(target)
+                self.generation[key] = 0
+            return self.clients[key]
+
     def recover(self, service: str, generation: int) -> None:
         """After UNAVAILABLE: restart the local service if it died (once per failure generation)."""
         with self.lock:
@@ -277,7 +292,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, tmp)
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
     os.replace(tmp, dst)
 
 
@@ -300,8 +320,10 @@ class _Journal:
         return out
 
     def append(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, default=str) + "\n"
-        with self.lock, open(self.path, "a") as fh:
+        line = (json.dumps(entry, default=str) + "\n").encode()
+        with self.lock, open(self.path, "ab+") as fh:
+            if fh.seek(0, os.SEEK_END) and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                line = b"\n" + line  # a line cut by a kill or a full disk must not swallow this entry
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
@@ -382,8 +404,13 @@ def _new_run_dir(root: Path, name: str) -> Path:
 def _write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _model_infos(pool: _ServicePool, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -449,6 +476,7 @@ def run(
         failed: list[dict[str, Any]] = []
         entries: dict[str, dict[str, Any]] = dict(done)
         elock = threading.Lock()
+        output_errors: list[OSError] = []  # disk full / read-only output: stop the run, journal nothing more
         stage = {"read_preprocess_s": 0.0}
         inputs_rows: list[dict[str, Any]] = []
         semaphores = {s: threading.BoundedSemaphore(cfg.execution.max_in_flight * 2) for s in plan.services}
@@ -472,30 +500,42 @@ def run(
             cached = cache / key[:2] / f"{key}.tif"
             try:
                 tile = cfg.tiling.tile_size
-                for recovery in range(4):
-                    client, gen = pool.client(job.ref.service)
+                recovery, fallback = 0, None
+                while True:  # out of memory: smaller tiles, then the CPU replica (execution.cpu_fallback)
+                    client, gen = (fallback, -1) if fallback is not None else pool.client(job.ref.service)
                     try:
                         labels, timings = _segment_tiled(client, data, axes, job.ref.model, job.params, tile,
                                                          min(cfg.tiling.overlap, tile // 4), cfg.tiling.z_tile_size, job.id)
                         break
                     except SegmentError as exc:
-                        if exc.reason == "out_of_memory" and tile > 128:
+                        if exc.reason == "out_of_memory" and fallback is None and tile > 128:
                             tile //= 2
                             logger.warning("%s: out of memory; retrying with %d-pixel tiles", job.id, tile)
                             continue
-                        if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED") and recovery < 3:
+                        if exc.reason == "out_of_memory" and fallback is None and pool.fallback(job.ref.service):
+                            fallback, tile = pool.fallback(job.ref.service), cfg.tiling.tile_size
+                            logger.warning("%s: out of memory at the smallest tiles; retrying on the CPU endpoint %s",
+                                           job.id, fallback.target)
+                            continue
+                        if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED") and recovery < 3 \
+                                and fallback is None:
                             pool.recover(job.ref.service, gen)
                             time.sleep(1.0 + recovery)
+                            recovery += 1
                             continue
                         raise
                 write_labels(cached, labels)
                 _link_or_copy(cached, out)
                 finish(job, {**base, "status": "ok", "labels": str(out.relative_to(run_dir)), "seconds": round(time.perf_counter() - t0, 3),
                              "predict_s": round(timings["predict_s"], 3), "requests": timings["requests"],
-                             "objects": int(labels.max()) if labels.size else 0, "model_version": timings.get("model_version", "")})
+                             "objects": int(labels.max()) if labels.size else 0, "model_version": timings.get("model_version", ""),
+                             "tile_size": tile, **({"cpu_fallback": fallback.target} if fallback is not None else {})})
             except SegmentError as exc:
                 finish(job, {**base, "status": "failed", "error": f"{exc.code.name}: {exc.details}", "seconds": round(time.perf_counter() - t0, 3)})
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+                    output_errors.append(exc)  # not the job's fault: it stays undone, a resume redoes it
+                    return
                 logger.exception("job %s failed", job.id)
                 finish(job, {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t0, 3)})
             finally:
@@ -503,6 +543,8 @@ def run(
 
         try:
             for item in plan.images:
+                if output_errors:
+                    break
                 jobs_all = [Job(item, p, r, pr) for p, r, pr in plan.combinations]
                 for j in jobs_all:
                     if j.id in done:
@@ -565,6 +607,8 @@ def run(
                 stage["read_preprocess_s"] += time.perf_counter() - t0
             for f in futures:
                 f.result()
+            if output_errors:
+                raise output_errors[0]
         finally:
             for ex in executors.values():
                 ex.shutdown(wait=True, cancel_futures=True)
@@ -604,5 +648,12 @@ def run(
         }
         _write_text_atomic(run_dir / "record.json", json.dumps(record, indent=2, default=str))
         return RunResult(run_dir, record, failed, evaluation)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        where = exc.filename or cfg.outputs.root
+        again = f"; free space or fix permissions, then resume with --resume {run_dir}" if run_dir else ""
+        raise RunError(f"cannot write outputs: {where}: {exc.strerror or exc}; everything written before is complete "
+                       f"(atomic writes, journal){again}") from None
     finally:
         pool.close()

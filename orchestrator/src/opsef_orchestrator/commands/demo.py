@@ -17,6 +17,7 @@ __all__ = ["demo"]
 def demo(data: Path | None, output: Path, models: str | None, keep_services: bool) -> None:
     """Segment a folder of nuclei images with the starter models and print precision/recall/F1."""
     from opsef_orchestrator.demo import DEFAULT_DEMO_MODELS, run_demo
+    from opsef_orchestrator.engine import RunError
     from opsef_orchestrator.manager import ServiceManager, available_services
     from opsef_orchestrator.segmentation import parse_model_ref
 
@@ -26,9 +27,11 @@ def demo(data: Path | None, output: Path, models: str | None, keep_services: boo
         )
         mgr = ServiceManager()
         try:
-            run_demo(output, data, refs, mgr, echo=click.echo)
+            result = run_demo(output, data, refs, mgr, echo=click.echo)
         finally:
             if not keep_services:
-                mgr.down([r.service for r in refs])
-    except (ValueError, RuntimeError) as exc:
+                mgr.down(sorted({r.service for r in refs}))
+    except (ValueError, RunError) as exc:
         raise click.ClickException(str(exc)) from None
+    if result.failed:
+        raise SystemExit(1)
