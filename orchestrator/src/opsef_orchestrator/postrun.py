@@ -80,17 +80,15 @@ def _measure(cfg: "RunConfig", run_dir: Path, ok: list[dict[str, Any]]) -> pd.Da
     if not tables:
         return None
     df = pd.concat(tables, ignore_index=True)
+    first = ["image", "combination", "pipeline", "model", "label"]
+    df = df[first + [c for c in df.columns if c not in first]]
     write_table(df, run_dir / "tables" / "objects.csv", dialect=cfg.outputs.csv_dialect)
     return df
 
 
 def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, Any]], board: pd.DataFrame | None,
               objects: pd.DataFrame | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # Figures are drawn on their own Agg canvas: pyplot's backend is left alone (a notebook keeps its inline plots).
     from opsef_orchestrator.overlays import figure_to_png, montage_figure, outline_overlay, write_overlay_stack
     from opsef_orchestrator.report import write_report
 
@@ -115,9 +113,8 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
             stack.append(ov)
             names.append(f"{stem} {e['combination']}")
         if n < MONTAGE_MAX_IMAGES:
-            fig = montage_figure(grid, rows=[p.name for p in cfg.pipelines], columns=columns, title=stem)
+            fig = montage_figure(grid, rows=[p.name for p in cfg.pipelines], columns=columns, title=stem if len(stem) <= 40 else stem[:37] + "...")
             png = figure_to_png(fig)
-            plt.close(fig)
             (run_dir / "montages").mkdir(exist_ok=True)
             (run_dir / "montages" / f"{stem}.png").write_bytes(png)
             montages[stem] = png
