@@ -73,6 +73,8 @@ def status(ctx: click.Context, names: str | None, as_json: bool) -> None:
         line = f"{r['service']:<10} {r['status']:<12} {r['endpoint'] or '-':<22}"
         if "framework" in r:
             line += f" {r['framework']} {r['framework_version']}  device={r['device']}  protocol={r['protocol']}"
+            libs = {k: v for k, v in r.get("versions", {}).items() if k not in (r["framework"], "grpcio", "opsef-protocol")}
+            line += "  " + " ".join(f"{k}={v}" for k, v in sorted(libs.items()))
         click.echo(line)
         for m in r.get("models", []):
             present = "weights present" if m["weights_present"] else "weights MISSING"
