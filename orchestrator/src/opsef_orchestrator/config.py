@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from opsef_protocol.params import validate_params
 
@@ -47,6 +47,10 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 #: Largest YAML file accepted, and the most aliases (defends against "billion laughs" anchors).
 MAX_CONFIG_BYTES = 1_000_000
 MAX_ALIASES = 100
+#: Most values a document may expand to once aliases are followed (72 aliases can describe 9**9 values),
+#: and the deepest nesting (deeper documents would overflow the parser's recursion).
+MAX_EXPANDED_NODES = 100_000
+MAX_DEPTH = 50
 
 
 class ConfigError(ValueError):
@@ -147,7 +151,7 @@ class PostprocessSpec(_Strict):
 class OutputSpec(_Strict):
     """What each run writes, and where."""
 
-    root: Path = Field(Path("runs"), description="Folder holding one sub-folder per run.")
+    root: Path = Field(Path("runs"), description="Folder holding one sub-folder per run (relative to the configuration file).")
     preprocessed: bool = Field(True, description="Write the preprocessed images.")
     overlays: bool = Field(True, description="Write outline overlays and montages.")
     tables: bool = Field(True, description="Write per-object tables (CSV).")
@@ -176,10 +180,10 @@ class RunConfig(_Strict):
     pipelines: list[Pipeline] = Field(default_factory=lambda: [Pipeline(name="none", steps=[])],
                                       description="Named preprocessing pipelines (default: one, 'none').")
     models: list[ModelSpec] = Field(..., min_length=1, description="Models and their parameter grids.")
-    tiling: TilingSpec = Field(default_factory=TilingSpec)
-    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
-    outputs: OutputSpec = Field(default_factory=OutputSpec)
-    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    tiling: TilingSpec = Field(default_factory=TilingSpec, description="Tiling of large images by the orchestrator.")
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec, description="Measurements and filters.")
+    outputs: OutputSpec = Field(default_factory=OutputSpec, description="What is written, and where.")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Concurrency, deadlines, retries.")
     endpoints: dict[str, str] = Field(default_factory=dict,
                                       description="Service -> gRPC target (else $OPSEF_ENDPOINTS, else local services).")
 
@@ -204,7 +208,36 @@ class _LimitedLoader(yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise yaml.YAMLError(f"more than {MAX_ALIASES} YAML aliases: refusing (possible alias bomb)")
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep: refusing")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:  # type: ignore[override]
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise yaml.YAMLError(f"expands to more than {MAX_EXPANDED_NODES} values through its aliases: "
+                                 "refusing (possible alias bomb)")
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Number of values ``node`` stands for with every alias expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a recursive anchor counts once instead of looping
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -297,9 +330,13 @@ def config_reference() -> str:
         for name, field in model.model_fields.items():
             key = f"{prefix}{name}"
             ann = field.annotation
-            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-            if isinstance(default, str) and len(default) > 60:
-                default = default[:57] + "..."
+            if name == "root" and issubclass(model, RootModel):
+                continue  # a pipeline step: its operations are listed in the table below
+            if field.is_required():
+                default = "required"
+            else:
+                value = field.get_default(call_default_factory=True)
+                default = "see below" if isinstance(value, BaseModel) else repr(value)
             lines.append(f"- `{key}` (default: {default}): {field.description or ''}")
             inner = getattr(ann, "__args__", None)
             candidates = [ann] + list(inner or [])
