@@ -81,6 +81,12 @@ def test_sweep_cache_and_record(manager: ServiceManager, stardist, images: Path,
     third = run(load_config(first.run_dir / "run.yaml"), manager=manager)
     assert _labels(third.run_dir) == labels
     _no_partials(tmp_path)
+    # The best combination goes to Fiji / AnnotatorJ straight from the run folder.
+    r = subprocess.run([sys.executable, "-m", "opsef_orchestrator.cli", "export-imagej", str(first.run_dir),
+                        "--out", str(tmp_path / "fiji")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    best = board.sort_values("rank")["combination"].iloc[0]
+    assert len(list((tmp_path / "fiji" / best / "rois").glob("*_RoiSet.zip"))) == 6
 
 
 def _cli_env(manager: ServiceManager) -> dict[str, str]:

@@ -175,9 +175,14 @@ def _load_image(path: Path):
 @click.option("--pixel-size", type=float, default=None, help="Pixel size in micrometres (TIFF calibration).")
 @click.option("--allow-32bit", is_flag=True, help="Write 32-bit label TIFFs when a label id exceeds 65535.")
 @click.option("--name", default="opsef", show_default=True, help="Name of the AnnotatorJ pair list.")
+@click.option("--combination", "combinations", multiple=True,
+              help="Run folders: combination(s) to export (default: the leaderboard's best, else all).")
 def export_imagej(source: Path, out_dir: Path, images_dir: Path | None, pixel_size: float | None,
-                  allow_32bit: bool, name: str) -> None:
-    """Export label images in SOURCE (*_labels.tif, with images of the same name) for Fiji and AnnotatorJ.
+                  allow_32bit: bool, name: str, combinations: tuple[str, ...]) -> None:
+    """Export label images in SOURCE for Fiji and AnnotatorJ.
+
+    SOURCE is a run folder (labels/<combination>/<stem>.tif with the preprocessed images; one export
+    folder per combination) or a plain folder of *_labels.tif with images of the same name.
 
     Writes 16-bit label TIFFs, ImageJ ROI zips (ROI names = label ids, class = ROI group) and the
     FilePairList that AnnotatorJ's "Import OpSeF" reads. Classes are taken from a table
@@ -187,6 +192,9 @@ def export_imagej(source: Path, out_dir: Path, images_dir: Path | None, pixel_si
 
     from opsef_orchestrator.imagej import export_for_imagej
 
+    if (source / "run.yaml").is_file() and (source / "labels").is_dir():
+        _export_run(source, out_dir, combinations, pixel_size, allow_32bit, name)
+        return
     label_files = [f for f in _image_files(source, recursive=False) if _is_label_name(f)]
     if not label_files:
         raise click.ClickException(f"no label images (*_labels.tif, *_mask.tif ...) in {source}")
@@ -213,6 +221,39 @@ def export_imagej(source: Path, out_dir: Path, images_dir: Path | None, pixel_si
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {len(items)} images to {out_dir}: {len(written['rois'])} ROI zips"
                + (f", AnnotatorJ list {written['pairs'][0]}" if written["pairs"] else ""))
+
+
+def _export_run(run_dir: Path, out_dir: Path, combinations: tuple[str, ...], pixel_size: float | None,
+                allow_32bit: bool, name: str) -> None:
+    """Export a run folder's label images, one sub-folder of ``out_dir`` per combination."""
+    import pandas as pd
+
+    from opsef_orchestrator.imagej import export_for_imagej
+
+    available = sorted(p.name for p in (run_dir / "labels").iterdir() if p.is_dir())
+    board = run_dir / "tables" / "leaderboard.csv"
+    if not combinations:
+        if board.is_file():
+            combinations = (str(pd.read_csv(board, sep=None, engine="python").sort_values("rank")["combination"].iloc[0]),)
+        else:
+            combinations = tuple(available)
+    unknown = sorted(set(combinations) - set(available))
+    if unknown:
+        raise click.ClickException(f"{run_dir}: no combination(s) {unknown}; available: {', '.join(available)}")
+    for combo in combinations:
+        pipeline = combo.split("__", 1)[0]
+        items = []
+        for lf in sorted((run_dir / "labels" / combo).glob("*.tif")):
+            labels = _read(lf)
+            if labels.ndim != 2:
+                raise click.ClickException(f"{lf}: only 2D label images can be exported to ROIs (shape {labels.shape})")
+            pre = run_dir / "preprocessed" / pipeline / lf.name
+            items.append((lf.stem, _load_image(pre) if pre.is_file() else None, labels, None))
+        try:
+            written = export_for_imagej(out_dir / combo, items, pixel_size=pixel_size, name=name, allow_32bit=allow_32bit)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"exported {len(items)} images of {combo} to {out_dir / combo}: {len(written['rois'])} ROI zips")
 
 
 def _roi_stem(path: Path) -> str:
