@@ -150,7 +150,7 @@ def test_tiled_equals_untiled_across_borders(manager: ServiceManager, stardist, 
     base = {"name": "tiles", "inputs": [{"path": str(tmp_path / "in")}], "models": [{"model": STARTER}],
             "outputs": {"root": str(tmp_path / "runs"), "report": False, "overlays": False}}
     results = {}
-    for name, tiling in {"untiled": {"tile_size": 2048, "overlap": 128}, "tiled": {"tile_size": 256, "overlap": 48}}.items():
+    for name, tiling in {"untiled": {"tile_size": 2048, "overlap": 128}, "tiled": {"tile_size": 320, "overlap": 64}}.items():
         p = tmp_path / f"{name}.yaml"
         p.write_text(yaml.safe_dump({**base, "tiling": tiling}))
         res = run(load_config(p), manager=manager)
@@ -158,7 +158,7 @@ def test_tiled_equals_untiled_across_borders(manager: ServiceManager, stardist, 
         assert job["status"] == "ok"
         results[name] = (read_image(res.run_dir / job["labels"]).data, job.get("requests"))
     (untiled, n1), (tiled, n2) = results["untiled"], results["tiled"]
-    assert n1 == 1 and n2 >= 9
+    assert n1 == 1 and n2 >= 4
     m = match_labels(untiled, tiled, 0.5)
     assert m.f1 > 0.97, m  # objects across tile borders are merged, not cut or duplicated
     assert abs(m.n_pred - m.n_true) <= 2

@@ -22,6 +22,7 @@ def test_service_adapter_suite(service: str, tmp_path: Path) -> None:
     python = env_python(ensure_env(sdir))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "protos" / "src"), str(sdir / "src")]),
            "TF_CPP_MIN_LOG_LEVEL": "2", "OPSEF_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "services" / "pytest.ini"), str(sdir / "tests")],
+    ini = sdir / "pytest.ini" if (sdir / "pytest.ini").is_file() else ROOT / "services" / "pytest.ini"
+    r = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ini), str(sdir / "tests")],
                        cwd=sdir, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, f"{service} adapter tests failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"

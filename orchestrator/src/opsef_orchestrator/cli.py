@@ -16,6 +16,7 @@ __all__ = ["main", "cli"]
 # (module in opsef_orchestrator.commands, attribute) of each sub-command, in help order.
 _COMMANDS: list[tuple[str, str]] = [
     ("services", "services"),
+    ("doctor", "doctor"),
     ("segment", "segment"),
     ("demo", "demo"),
     ("run_cmds", "run"),

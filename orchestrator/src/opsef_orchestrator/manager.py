@@ -8,6 +8,7 @@ elsewhere (docker compose, a cluster) are given with ``OPSEF_ENDPOINTS`` or
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -251,15 +252,20 @@ class ServiceManager:
                 if _pid_alive(rec.pid):
                     logger.warning("%s: did not stop in %.0f s, killing", name, grace)
                     os.kill(rec.pid, signal.SIGKILL)
-                self._reap(name)
+                self._reap(name, wait=10.0)
             stopped.append(name)
             self._write(records)
         return stopped
 
-    def _reap(self, name: str) -> None:
+    def _reap(self, name: str, wait: float = 0.0) -> None:
         proc = getattr(self, "_procs", {}).get(name)
         if proc is not None:
-            proc.poll()
+            # The leader thread shows as a zombie while other threads still exit: wait for the real exit.
+            if wait:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(wait)
+            else:
+                proc.poll()
 
     def restart(self, name: str, timeout: float = 300.0) -> str:
         self.down([name])

@@ -13,6 +13,8 @@ Examples
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from opsef_protocol.v1 import segmenter_pb2 as pb
@@ -126,7 +128,8 @@ def tensor_nbytes(tensor: pb.Tensor) -> int:
     """Bytes the tensor's shape and dtype call for (``prod(shape) * itemsize``)."""
     if tensor.dtype not in _FROM_ENUM:
         raise TensorError(f"tensor dtype {tensor.dtype} is unknown (DTYPE_UNSPECIFIED or newer than this codec)")
-    return int(np.prod([int(s) for s in tensor.shape], dtype=np.int64)) * _FROM_ENUM[tensor.dtype].itemsize
+    # Python integers: a hostile shape such as [2**32, 2**32] must not wrap around to 0 bytes.
+    return math.prod(int(s) for s in tensor.shape) * _FROM_ENUM[tensor.dtype].itemsize
 
 
 def from_tensor(tensor: pb.Tensor, *, copy: bool = False) -> tuple[np.ndarray, str]:

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from opsef_protocol import __version__
 from opsef_protocol.adapter import Adapter, RuntimeInfo, RuntimeOptions, validate_image
 from opsef_protocol.codec import TensorError, from_tensor, to_tensor
-from opsef_protocol.errors import InvalidArgument, ResourceExhausted, ServiceError, WeightsUnavailable
+from opsef_protocol.errors import InvalidArgument, OutOfMemory, ResourceExhausted, ServiceError, WeightsUnavailable
 from opsef_protocol.manifest import ModelManifest, ModelRegistry, verify_weights
 from opsef_protocol.params import params_from_proto, params_to_proto, validate_params
 from opsef_protocol.v1 import PROTOCOL_VERSION, SERVICE_NAME, segmenter_pb2 as pb, segmenter_pb2_grpc as pb_grpc
@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 #: Default request/response size limit: 256 MiB (a 4096x4096 float32 image is 64 MiB;
 #: an 8192x8192 float32 image, 256 MiB, must be tiled by the orchestrator).
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+#: Test hook: with this environment variable set to N > 0, every Segment request whose image
+#: has more than N spatial pixels fails with OutOfMemory (RESOURCE_EXHAUSTED, reason
+#: "out_of_memory") before prediction, so the orchestrator's smaller-tiles and CPU-fallback
+#: paths can be tested on a CPU. Never set it in production.
+TEST_OOM_ENV = "OPSEF_TEST_OOM_ABOVE_PIXELS"
 
 
 @dataclasses.dataclass
@@ -109,6 +115,10 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         self._slots = _Slots(config.max_concurrent, config.max_queue)
         self._loaded: collections.OrderedDict[str, Adapter] = collections.OrderedDict()
         self._load_lock = threading.Lock()
+        self._test_oom_above = int(os.environ.get(TEST_OOM_ENV, "0") or 0)
+        if self._test_oom_above > 0:
+            logger.warning("test hook %s=%d: images above that many pixels fail with out_of_memory",
+                           TEST_OOM_ENV, self._test_oom_above)
 
     # -- model cache -------------------------------------------------------
     def adapter_for(self, name: str) -> Adapter:
@@ -188,7 +198,9 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             context.abort(grpc.StatusCode.CANCELLED, "request cancelled or deadline exceeded before prediction")
         except ServiceError as exc:
             logger.info("request %s: %s: %s", rid, exc.code.name, exc)
-            if isinstance(exc, ResourceExhausted):
+            if isinstance(exc, OutOfMemory):  # a negative pushback stops gRPC's transparent retries: same request, same OOM
+                context.set_trailing_metadata((("opsef-reason", exc.reason), ("grpc-retry-pushback-ms", "-1")))
+            elif isinstance(exc, ResourceExhausted):
                 context.set_trailing_metadata((("opsef-reason", exc.reason),))
             context.abort(exc.code, str(exc))
         except TensorError as exc:
@@ -206,6 +218,10 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         image, axes = from_tensor(request.image)
         image = validate_image(image, axes, manifest)
         params = validate_params(params_from_proto(request.parameters))
+        if self._test_oom_above > 0:
+            pixels = int(np.prod([s for s, a in zip(image.shape, axes) if a != "C"]))
+            if pixels > self._test_oom_above:
+                raise OutOfMemory(f"out of memory ({TEST_OOM_ENV}={self._test_oom_above}): image of {pixels} pixels")
         merged = {**manifest.defaults, **params}
         t_decode = time.perf_counter() - t0
         queue_s = self._slots.acquire(context)

@@ -69,7 +69,10 @@ def segment(images: tuple[Path, ...], model_ref: str, output: Path, params: tupl
         target = mgr.endpoint(ref.service) if no_start else mgr.ensure_running(ref.service)
     except Exception as exc:  # noqa: BLE001 - one line for the user
         raise click.ClickException(str(exc)) from None
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot create the output folder ({exc.strerror or exc})") from None
     failed = 0
     with SegmenterClient(target, timeout=timeout) as client:
         for path in images:
@@ -86,6 +89,9 @@ def segment(images: tuple[Path, ...], model_ref: str, output: Path, params: tupl
                 failed += 1
                 click.echo(f"error: {path}: {exc.code.name}: {exc.details}", err=True)
                 continue
+            except OSError as exc:  # disk full, read-only output: stop; label files written before are complete
+                raise click.ClickException(f"{exc.filename or output}: cannot write ({exc.strerror or exc}); "
+                                           "label files written before are complete") from None
             click.echo(f"{path.name}: {result.object_count} objects -> {out} "
                        f"({result.model} {result.model_version}, predict {result.timings['predict_s']:.2f} s)")
     if failed:

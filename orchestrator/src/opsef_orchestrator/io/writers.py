@@ -14,6 +14,16 @@ from opsef_orchestrator.io.image import CANONICAL_AXES, is_canonical
 __all__ = ["atomic_path", "write_image", "write_labels"]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of written files: what ``open()`` would give (mkstemp's 0600 would hide outputs from a shared group).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
@@ -35,6 +45,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, _FILE_MODE)
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:

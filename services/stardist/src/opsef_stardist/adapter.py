@@ -76,6 +76,8 @@ class StarDistAdapter(Adapter):
 
         gpus = tf.config.list_physical_devices("GPU")
         device = "cpu"
+        if runtime.device.startswith("cuda") and not gpus:
+            raise ValueError(f"--device {runtime.device}: TensorFlow sees no GPU (CPU-only build or no driver); use --device cpu or auto")
         if runtime.device == "cpu" or not gpus:
             if gpus:
                 tf.config.set_visible_devices([], "GPU")
