@@ -183,3 +183,13 @@ def test_write_table_dialects(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     with pytest.raises(ValueError, match="dialect"):
         write_table(df, tmp_path / "x.csv", dialect="french")
+
+
+def test_flat_3d_object_measures_without_math_error() -> None:
+    """A 3D object on a single plane has a negative inertia term; lengths are clamped, not a crash."""
+    labels = np.zeros((5, 20, 20), np.uint16)
+    labels[2, 3:9, 3:12] = 1
+    labels[1:4, 12:18, 12:18] = 2
+    df = measure_objects(labels)
+    assert df.loc[df.label == 1, "minor_axis_length"].item() == 0.0
+    assert df.loc[df.label == 2, "minor_axis_length"].item() > 0

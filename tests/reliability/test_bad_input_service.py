@@ -130,6 +130,8 @@ def _status(client, request: pb.SegmentRequest) -> grpc.RpcError:
 def test_bad_request_is_refused_naming_the_problem(target, case: str) -> None:
     client, model = target
     make, code, words = CASES[case]
+    if case == "3d-to-2d-model" and 3 in {m.name: list(m.dims) for m in client.models()}[model]:
+        pytest.skip(f"{model} is a 2D and 3D model")
     err = _status(client, make(model))
     assert err.code() == code, (case, err.code(), err.details())
     for w in words:

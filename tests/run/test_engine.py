@@ -129,19 +129,26 @@ def test_kill_orchestrator_then_resume(manager: ServiceManager, stardist, images
 
 def test_kill_service_mid_run(manager: ServiceManager, stardist, images: Path, tmp_path: Path) -> None:
     reference = run(load_config(_config(tmp_path / "ref", images)), manager=manager)
-    cfg_path = _config(tmp_path, images)
-    proc = subprocess.Popen([sys.executable, "-m", "opsef_orchestrator.cli", "run", str(cfg_path)], env=_cli_env(manager),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dir = _wait_journal(tmp_path / "runs", 5, proc)
-    pid = manager._read()["stardist"].pid
-    os.kill(pid, signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
-    assert manager._read()["stardist"].pid != pid  # restarted by the run
-    rec = json.loads((run_dir / "record.json").read_text())
-    assert rec["counts"]["failed"] == 0 and len(rec["jobs"]) == 36
-    assert _labels(run_dir) == _labels(reference.run_dir)
-    _no_partials(tmp_path)
+    # A manager of its own: killing the session's service would leave other tests' clients on a dead port.
+    own = ServiceManager(state_dir=tmp_path / "state", endpoints={})
+    own.explicit = {}
+    try:
+        own.up(["stardist"])
+        cfg_path = _config(tmp_path, images)
+        proc = subprocess.Popen([sys.executable, "-m", "opsef_orchestrator.cli", "run", str(cfg_path)], env=_cli_env(own),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run_dir = _wait_journal(tmp_path / "runs", 5, proc)
+        pid = own._read()["stardist"].pid
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert own._read()["stardist"].pid != pid  # restarted by the run
+        rec = json.loads((run_dir / "record.json").read_text())
+        assert rec["counts"]["failed"] == 0 and len(rec["jobs"]) == 36
+        assert _labels(run_dir) == _labels(reference.run_dir)
+        _no_partials(tmp_path / "runs")
+    finally:
+        own.down()
 
 
 def test_tiled_equals_untiled_across_borders(manager: ServiceManager, stardist, tmp_path: Path) -> None:

@@ -220,10 +220,12 @@ def measure_objects(
     if ids.size == 0:
         return _empty(cols)
 
-    props = ["label", "area", "centroid", "bbox", "equivalent_diameter_area", "axis_major_length",
-             "axis_minor_length"]
+    props = ["label", "area", "centroid", "bbox", "equivalent_diameter_area"]
     if nd == 2:
-        props += ["perimeter", "perimeter_crofton", "eccentricity", "orientation", "solidity"]
+        props += ["axis_major_length", "axis_minor_length", "perimeter", "perimeter_crofton", "eccentricity",
+                  "orientation", "solidity"]
+    else:  # axis lengths from the inertia eigenvalues, clamped: flat (one-plane) objects would be sqrt(<0)
+        props += ["inertia_tensor_eigvals"]
     t = skm.regionprops_table(labels, properties=props)
     df = pd.DataFrame({"label": t["label"].astype(np.int64)})
     df["area" if nd == 2 else "volume"] = t["area"].astype(float)
@@ -234,8 +236,13 @@ def measure_objects(
     for i, a in enumerate(ax):
         df[f"bbox_max_{a}"] = t[f"bbox-{i + nd}"]
     df["equivalent_diameter"] = t["equivalent_diameter_area"]
-    df["major_axis_length"] = t["axis_major_length"]
-    df["minor_axis_length"] = t["axis_minor_length"]
+    if nd == 2:
+        df["major_axis_length"] = t["axis_major_length"]
+        df["minor_axis_length"] = t["axis_minor_length"]
+    else:
+        ev = np.stack([t[f"inertia_tensor_eigvals-{i}"] for i in range(3)], axis=1)  # sorted descending
+        df["major_axis_length"] = np.sqrt(np.clip(10 * (ev[:, 0] + ev[:, 1] - ev[:, 2]), 0, None))
+        df["minor_axis_length"] = np.sqrt(np.clip(10 * (-ev[:, 0] + ev[:, 1] + ev[:, 2]), 0, None))
     if nd == 2:
         df["solidity"] = t["solidity"]
         df["perimeter"] = t["perimeter"]
