@@ -161,7 +161,7 @@ def test_segment_small_zyx_volume_with_the_3d_starter(stardist: SegmenterClient)
     img, gt = synthetic_nuclei_3d((24, 80, 80), n=10, radius=(5.0, 8.0), seed=1, anisotropy=2.0)
     res = stardist.segment(img, "ZYX", STARTER_3D)
     assert res.labels.shape == img.shape and res.labels.dtype == np.uint32 and res.model == STARTER_3D
-    assert res.object_count >= 0.6 * gt.max()
-    assert match_labels(gt, res.labels, 0.5).f1 > 0.0
+    assert 7 <= res.object_count <= 14  # 10 nuclei; measured 10
+    assert match_labels(gt, res.labels, 0.5).f1 >= 0.7  # measured 1.0 (0.8 and 1.0 for seeds 2 and 3)
     e = _code(stardist, np.zeros((32, 32), np.uint8), "YX", STARTER_3D)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and "3D" in e.details
