@@ -170,6 +170,7 @@ def test_tiled_equals_untiled_across_borders(manager: ServiceManager, stardist, 
     assert m.f1 > 0.97, m  # objects across tile borders are merged, not cut or duplicated
     assert abs(m.n_pred - m.n_true) <= 2
     assert match_labels(gt, tiled, 0.5).f1 > 0.8
+    assert not list((tmp_path / "runs" / ".cache").glob("scratch/*"))  # the on-disk stitching buffer is gone
 
 
 def test_failed_job_is_recorded_and_run_goes_on(manager: ServiceManager, stardist, images: Path, tmp_path: Path) -> None:

@@ -360,7 +360,9 @@ class _Progress:
 
 # ---------------------------------------------------------------------------- segmentation
 def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: str, params: dict[str, Any],
-                   tile: int, overlap: int, z_tile: int, request_id: str) -> tuple[np.ndarray, dict[str, float]]:
+                   tile: int, overlap: int, z_tile: int, request_id: str,
+                   scratch: Path | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Segment ``data`` whole, or tile by tile when larger than ``tile`` (stitched into a memory map at ``scratch``)."""
     spatial = data.shape[: len(axes.replace("C", ""))]
     timings = {"predict_s": 0.0, "requests": 0}
     ny, nx = spatial[-2:]
@@ -382,7 +384,11 @@ def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: 
             version = res.model_version
             yield t, res.labels
 
-    labels = stitch_labels(results(), spatial)
+    out = None
+    if scratch is not None:  # bounded memory: the stitched labels live on disk, not in RAM
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint32, shape=tuple(spatial))
+    labels = stitch_labels(results(), spatial, out=out)
     timings["model_version"] = version
     return labels, timings
 
@@ -498,6 +504,7 @@ def run(
             t0 = time.perf_counter()
             base = {**_job_base(job), "key": key}
             cached = cache / key[:2] / f"{key}.tif"
+            scratch = cache.parent / "scratch" / f"{key}.{os.getpid()}.npy"
             try:
                 tile = cfg.tiling.tile_size
                 recovery, fallback = 0, None
@@ -505,7 +512,8 @@ def run(
                     client, gen = (fallback, -1) if fallback is not None else pool.client(job.ref.service)
                     try:
                         labels, timings = _segment_tiled(client, data, axes, job.ref.model, job.params, tile,
-                                                         min(cfg.tiling.overlap, tile // 4), cfg.tiling.z_tile_size, job.id)
+                                                         min(cfg.tiling.overlap, tile // 4), cfg.tiling.z_tile_size, job.id,
+                                                         scratch)
                         break
                     except SegmentError as exc:
                         if exc.reason == "out_of_memory" and fallback is None and tile > 128:
@@ -539,6 +547,8 @@ def run(
                 logger.exception("job %s failed", job.id)
                 finish(job, {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t0, 3)})
             finally:
+                with contextlib.suppress(OSError):
+                    scratch.unlink()
                 semaphores[job.ref.service].release()
 
         try:

@@ -33,7 +33,7 @@ from opsef_protocol.manifest import ModelManifest, ModelRegistry, verify_weights
 from opsef_protocol.params import params_from_proto, params_to_proto, validate_params
 from opsef_protocol.v1 import PROTOCOL_VERSION, SERVICE_NAME, segmenter_pb2 as pb, segmenter_pb2_grpc as pb_grpc
 
-__all__ = ["ServerConfig", "SegmenterServicer", "build_server", "run_server", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["ServerConfig", "SegmenterServicer", "build_server", "run_server", "count_objects", "DEFAULT_MAX_MESSAGE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,23 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     token: str | None = None
     preload: tuple[str, ...] = ()
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """Number of distinct non-zero labels (bincount when ids are dense, which avoids sorting).
+
+    Examples
+    --------
+    >>> count_objects(np.array([[0, 5], [9, 5]], np.uint32))
+    2
+    """
+    if labels.size == 0:
+        return 0
+    top = int(labels.max())
+    if top <= 4 * labels.size + 1024:
+        return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    ids = np.unique(labels)
+    return int(len(ids) - (ids[0] == 0))
 
 
 class _Slots:
@@ -244,7 +261,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
             labels = labels.astype(np.uint32)
         t2 = time.perf_counter()
         tensor = to_tensor(labels, axes.replace("C", ""))
-        count = int(len(np.unique(labels)) - (1 if labels.size and labels.min() == 0 else 0)) if labels.size else 0
+        count = count_objects(labels)
         t_encode = time.perf_counter() - t2
         logger.info(
             "request %s model %s shape %s: %d objects, decode %.3f s, queue %.3f s, predict %.3f s, encode %.3f s",
