@@ -72,6 +72,7 @@ def test_sweep_cache_and_record(manager: ServiceManager, stardist, images: Path,
     board = first.evaluation
     assert len(board) == 6 and board["f1@0.5"].max() > 0.7
     assert (first.run_dir / "tables" / "objects.csv").is_file()
+    assert (first.run_dir / "plots" / "00_scatter.png").is_file() and (first.run_dir / "plots" / "01_pca.png").is_file()
     # Rerun: nothing is inferred again, a new folder, identical labels.
     second = run(cfg, manager=manager)
     assert second.run_dir != first.run_dir

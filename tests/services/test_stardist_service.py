@@ -33,6 +33,7 @@ def test_list_models(stardist: SegmenterClient) -> None:
     models = {m.name: m for m in stardist.models()}
     starter = models[STARTER]
     assert starter.weights_present and starter.source == "project" and list(starter.dims) == [2]
+    assert len(starter.weights_sha256) == 64  # a digest of all its weight files: caches key on it
     assert starter.metrics["dsb2018_val/f1@0.5"] > 0.5
     assert 0 < starter.defaults.prob_threshold < 1
     assert not models["2D_versatile_fluo"].weights_present

@@ -120,6 +120,7 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
             montages[stem] = png
     if stack:
         write_overlay_stack(stack, run_dir / "overlays" / "overlays_stack.tif", slice_labels=names)
+    plots = _plots(cfg, run_dir, objects, board)
     if cfg.outputs.report:
         record_path = run_dir / "record.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {"config": cfg.model_dump(mode="json")}
@@ -127,7 +128,38 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
         if objects is not None:
             tables["objects (first 50 rows)"] = objects.head(50)
         write_report(run_dir / "report.html", title=f"OpSeF run {run_dir.name}", montages=montages, leaderboard=board,
-                     tables=tables, run_record=record)
+                     plots=plots, tables=tables, run_record=record)
+
+
+def _plots(cfg: "RunConfig", run_dir: Path, objects: pd.DataFrame | None, board: pd.DataFrame | None) -> dict[str, bytes]:
+    """Scatter (area x circularity, filter box drawn) and PCA of the objects of the best (or first) combination."""
+    from opsef_orchestrator.overlays import figure_to_png
+    from opsef_orchestrator.plots import embedding_plot, scatter_plot
+
+    if objects is None or objects.empty:
+        return {}
+    combo = str(board.sort_values("rank")["combination"].iloc[0]) if board is not None else str(objects["combination"].iloc[0])
+    table = objects[objects["combination"] == combo]
+    size = "area" if "area" in table else "volume"
+    shape = "circularity" if "circularity" in table else "sphericity"
+    features = [c for c in (size, shape, "solidity", "equivalent_diameter", "major_axis_length", "minor_axis_length") if c in table]
+    plots: dict[str, bytes] = {}
+    figures = {
+        f"{size} x {shape} ({combo})": lambda: scatter_plot(table, size, shape, color_by="kept" if "kept" in table else None,
+                                                            ranges=dict(cfg.postprocess.filters) or None),
+        f"PCA of {', '.join(features)} ({combo})": lambda: embedding_plot(table, features, "pca", n_clusters=3),
+    }
+    (run_dir / "plots").mkdir(exist_ok=True)
+    for i, (name, make) in enumerate(figures.items()):
+        try:
+            fig = make()
+        except ValueError as exc:  # e.g. too few objects for an embedding
+            logger.info("plot %r skipped: %s", name, exc)
+            continue
+        png = figure_to_png(fig)
+        (run_dir / "plots" / f"{i:02d}_{'scatter' if i == 0 else 'pca'}.png").write_bytes(png)
+        plots[name] = png
+    return plots
 
 
 def finalize(cfg: "RunConfig", plan: "Plan", run_dir: Path, entries: dict[str, dict[str, Any]]) -> pd.DataFrame | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from opsef_protocol.manifest import ModelManifest, ModelRegistry, verify_weights
 from opsef_protocol.params import params_from_proto, params_to_proto, validate_params
 from opsef_protocol.v1 import PROTOCOL_VERSION, SERVICE_NAME, segmenter_pb2 as pb, segmenter_pb2_grpc as pb_grpc
 
-__all__ = ["ServerConfig", "SegmenterServicer", "build_server", "run_server", "count_objects", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["ServerConfig", "SegmenterServicer", "build_server", "run_server", "count_objects", "weights_digest", "DEFAULT_MAX_MESSAGE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,17 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     token: str | None = None
     preload: tuple[str, ...] = ()
+
+
+def weights_digest(manifest: ModelManifest) -> str:
+    """The sha256 of a model's single weight file, or of the sorted ``path:sha256`` lines of several.
+
+    Changes whenever any weight file changes, so results cached by it are never stale.
+    """
+    if len(manifest.weights) == 1:
+        return manifest.weights[0].sha256
+    lines = "\n".join(sorted(f"{w.path}:{w.sha256}" for w in manifest.weights))
+    return hashlib.sha256(lines.encode()).hexdigest() if lines else ""
 
 
 def count_objects(labels: np.ndarray) -> int:
@@ -185,7 +197,7 @@ class SegmenterServicer(pb_grpc.SegmenterServicer):
         else:
             location = str(folder)
             present = self.registry.weights_present(m.name)
-            sha = m.weights[0].sha256 if len(m.weights) == 1 else ""
+            sha = weights_digest(m)
         return pb.ModelInfo(
             name=m.name,
             version=m.version,
