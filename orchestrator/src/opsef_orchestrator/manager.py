@@ -198,6 +198,10 @@ class ServiceManager:
                                     start_new_session=True, cwd=sdir)
         logger.info("%s: started pid %d (log %s)", name, proc.pid, log)
         self._procs = getattr(self, "_procs", {})
+        old = self._procs.get(name)
+        if old is not None and old.poll() is None:  # a dead predecessor whose threads are still exiting
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.wait(10.0)
         self._procs[name] = proc
         return _Record(name=name, pid=proc.pid, port=0, log=str(log), started=time.time(), env=str(env_path))
 
