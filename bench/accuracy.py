@@ -18,14 +18,12 @@ Run: ``python bench/accuracy.py [--quick]``.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from common import Bench, base_parser, logger, markdown_table, setup_logging, starter_models, write_results
+from common import Bench, base_parser, dsb_sweep_config, logger, markdown_table, require_starter_models, start, write_results
 
 PIPELINES = [
     {"name": "none", "steps": []},
@@ -53,30 +51,25 @@ def _kind_index(data: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=None, help="val images (default all 15, quick 2)")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    started = time.perf_counter()
+    args, started = start(p, argv)
     from native import dsb_images
     from opsef_orchestrator.config import RunConfig
     from opsef_orchestrator.engine import run
     from opsef_orchestrator.evaluation import leaderboard
     from opsef_orchestrator.paths import shared_data_dir
 
-    models = starter_models(args.services)
-    if not models:
-        sys.exit("no starter model found")
+    models = require_starter_models(args.services)
     data = shared_data_dir()
     images = dsb_images(args.images or (2 if args.quick else None))
     pipelines = PIPELINES[:1] if args.quick else PIPELINES
     with Bench(args) as bench:
         eps = bench.up(list(models))
-        cfg = RunConfig.model_validate({
-            "name": "accuracy", "inputs": [{"path": str(p)} for p in images], "pipelines": pipelines,
-            "ground_truth": {"path": str(data / "dsb2018" / "val" / "masks"), "pattern": "{stem}.tif"},
-            "models": [{"model": f"{f}:{m}"} for f, m in models.items()],
-            "outputs": {"root": str(bench.work / "runs"), "overlays": False, "report": False, "preprocessed": False},
-            "postprocess": {"measure": False}, "endpoints": eps,
-        })
+        cfg = RunConfig.model_validate(dsb_sweep_config(
+            "accuracy", images, pipelines, models,
+            ground_truth={"path": str(data / "dsb2018" / "val" / "masks"), "pattern": "{stem}.tif"},
+            outputs={"root": str(bench.work / "runs"), "overlays": False, "report": False, "preprocessed": False},
+            postprocess={"measure": False}, endpoints=eps,
+        ))
         res = run(cfg, manager=bench.manager)
         if res.failed:
             logger.warning("%d jobs failed: %s", len(res.failed), [f.get("error") for f in res.failed[:3]])

@@ -18,16 +18,14 @@ Target: ratio (gRPC wall / in-process predict) <= 1.05 at 2048x2048.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import (Bench, InprocWorker, base_parser, logger, markdown_table, median, merge_rows, nuclei_image, proc_cpu_s,
-                    setup_logging, starter_models, write_results)
+from common import (Bench, InprocWorker, base_parser, load_rerender, logger, markdown_table, median, merge_rows, nuclei_image,
+                    proc_cpu_s, require_starter_models, start, write_results)
 
 TARGET = 1.05
 
@@ -167,19 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=None, help="measured repetitions per side (default 5, quick 2; Cellpose at 2048^2 and volumes: 3)")
     p.add_argument("--rerender", type=Path, default=None, help="rebuild the tables from a saved boundary.json (no measurement)")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    started = time.perf_counter()
+    args, started = start(p, argv)
     if args.rerender:
-        saved = json.loads(args.rerender.read_text())
-        args.quick, args.threads = saved["quick"], saved["threads"]
+        saved = load_rerender(args)
         render(args, saved["rows"], saved["skipped"], started, saved)
         return 0
     from opsef_orchestrator.client import SegmenterClient
 
-    models = starter_models(args.services)
-    if not models:
-        sys.exit("no starter model found under services/*/models/*_starter")
+    models = require_starter_models(args.services, "no starter model found under services/*/models/*_starter")
     sizes = [128] if args.quick else [512, 2048]
     vol_shape = (4, 64, 64) if args.quick else (16, 256, 256)
     reps = args.reps or (2 if args.quick else 5)

@@ -12,11 +12,10 @@ first run's wall time.
 """
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
-from common import Bench, base_parser, logger, markdown_table, setup_logging, starter_models, write_results
+from common import Bench, base_parser, dsb_sweep_config, logger, markdown_table, require_starter_models, start, write_results
 
 TARGET = 0.05
 
@@ -24,9 +23,7 @@ TARGET = 0.05
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=None, help="images (default 5, quick 2)")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    started = time.perf_counter()
+    args, started = start(p, argv)
     from native import dsb_images
     from opsef_orchestrator import postrun  # noqa: F401 - imported before timing
     from opsef_orchestrator.client import SegmenterClient
@@ -35,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from opsef_orchestrator.io import read_image
     from opsef_orchestrator.paths import shared_data_dir
 
-    models = starter_models(args.services)
-    if not models:
-        sys.exit("no starter model found")
+    models = require_starter_models(args.services)
     images = dsb_images(args.images or (2 if args.quick else 5))
     pipelines = [{"name": "none", "steps": []}] + ([] if args.quick else [{"name": "median3", "steps": [{"op": "median", "size": 3}]}])
     runs: list[dict[str, Any]] = []
@@ -47,12 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         for f, m in models.items():
             with SegmenterClient(eps[f], timeout=3600, attempts=1) as client:
                 client.segment(warm.data[..., :3].copy(), warm.axes, m, {})
-        cfg = RunConfig.model_validate({
-            "name": "cache", "inputs": [{"path": str(p)} for p in images], "pipelines": pipelines,
-            "ground_truth": {"path": str(shared_data_dir() / "dsb2018" / "val" / "masks"), "pattern": "{stem}.tif"},
-            "models": [{"model": f"{f}:{m}"} for f, m in models.items()],
-            "outputs": {"root": str(bench.work / "runs")}, "endpoints": eps,
-        })
+        cfg = RunConfig.model_validate(dsb_sweep_config(
+            "cache", images, pipelines, models,
+            ground_truth={"path": str(shared_data_dir() / "dsb2018" / "val" / "masks"), "pattern": "{stem}.tif"},
+            outputs={"root": str(bench.work / "runs")}, endpoints=eps,
+        ))
         for label in ("first", "rerun"):
             t0 = time.perf_counter()
             res = run(cfg, manager=bench.manager)

@@ -45,7 +45,7 @@ from opsef_orchestrator.manager import ServiceManager  # noqa: E402
 __all__ = [
     "REPO", "RESULTS", "STARTERS", "Bench", "InprocWorker", "base_parser", "machine_info", "starter_models",
     "markdown_table", "write_results", "merge_rows", "median", "nuclei_image", "vm_hwm", "reset_hwm", "proc_cpu_s",
-    "self_peak_rss_mb", "fmt",
+    "self_peak_rss_mb", "fmt", "start", "require_starter_models", "load_rerender", "dsb_sweep_config",
 ]
 
 logger = logging.getLogger("opsef.bench")
@@ -86,6 +86,35 @@ def starter_models(only: str = "") -> dict[str, str]:
         if (REPO / "services" / family / "models" / model / "manifest.yaml").is_file():
             out[family] = model
     return out
+
+
+def start(p: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, float]:
+    """Parse a benchmark's arguments and set up logging; returns the arguments and the start time (``perf_counter``)."""
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    return args, time.perf_counter()
+
+
+def require_starter_models(only: str = "", message: str = "no starter model found") -> dict[str, str]:
+    """:func:`starter_models`, exiting with ``message`` when there is none."""
+    models = starter_models(only)
+    if not models:
+        sys.exit(message)
+    return models
+
+
+def load_rerender(args: argparse.Namespace) -> dict[str, Any]:
+    """The saved results ``args.rerender`` (JSON); sets ``args.quick`` and ``args.threads`` to the saved ones."""
+    saved = json.loads(args.rerender.read_text())
+    args.quick, args.threads = saved["quick"], saved["threads"]
+    return saved
+
+
+def dsb_sweep_config(name: str, images: Sequence[Path], pipelines: list[dict[str, Any]], models: dict[str, str],
+                     **extra: Any) -> dict[str, Any]:
+    """A run configuration (as a dict) of ``images`` x ``pipelines`` x every model in ``models`` (family -> model)."""
+    return {"name": name, "inputs": [{"path": str(p)} for p in images], "pipelines": pipelines,
+            "models": [{"model": f"{f}:{m}"} for f, m in models.items()], **extra}
 
 
 def _cpu_model() -> str:

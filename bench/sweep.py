@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import Bench, base_parser, logger, markdown_table, proc_cpu_s, setup_logging, starter_models, write_results
+from common import (Bench, base_parser, dsb_sweep_config, logger, markdown_table, proc_cpu_s, require_starter_models, start,
+                    write_results)
 
 TARGET_CPU_SHARE = 0.10
 PIPELINES = [
@@ -85,27 +85,22 @@ def service_idle(reqs: list[dict[str, float]], t0: float, t1: float) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=None, help="images (default 10, quick 2)")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    started = time.perf_counter()
+    args, started = start(p, argv)
     from native import dsb_images
     from opsef_orchestrator.config import RunConfig
     from opsef_orchestrator.engine import run
 
-    models = starter_models(args.services)
-    if not models:
-        sys.exit("no starter model found")
+    models = require_starter_models(args.services)
     images = dsb_images(args.images or (2 if args.quick else 10))
     pipelines = PIPELINES[:2] if args.quick else PIPELINES
     with Bench(args) as bench:
         eps = bench.up(list(models))
-        cfg = RunConfig.model_validate({
-            "name": "sweep", "inputs": [{"path": str(p)} for p in images], "pipelines": pipelines,
-            "models": [{"model": f"{f}:{m}"} for f, m in models.items()],
-            "outputs": {"root": str(bench.work / "runs"), "preprocessed": False, "overlays": False, "tables": False,
-                        "report": False},
-            "postprocess": {"measure": False}, "endpoints": eps,
-        })
+        cfg = RunConfig.model_validate(dsb_sweep_config(
+            "sweep", images, pipelines, models,
+            outputs={"root": str(bench.work / "runs"), "preprocessed": False, "overlays": False, "tables": False,
+                     "report": False},
+            postprocess={"measure": False}, endpoints=eps,
+        ))
         from opsef_orchestrator import postrun  # noqa: F401 - imported before timing (the engine imports it first)
         from opsef_orchestrator.client import SegmenterClient
         from opsef_orchestrator.io import read_image

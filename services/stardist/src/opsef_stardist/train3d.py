@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from opsef_stardist._training import (add_output_arguments, add_schedule_arguments, finish_model_folder, fit_and_tune,
+                                      framework_env, fresh_temp_dir, manifest_header, matching_scores, output_folder,
+                                      training_config, training_record, write_model)
 
 __all__ = ["main", "build_parser", "score_volumes", "bundled_volume", "tune_scale"]
 
@@ -46,19 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-holdout", type=int, default=8, help="synthetic volumes for validation")
     p.add_argument("--n-tune", type=int, default=4, help="of those, volumes used for threshold tuning")
     p.add_argument("--nms", type=float, nargs="+", default=[0.3, 0.4], help="NMS thresholds tried in threshold tuning")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--steps", type=int, default=30, help="steps per epoch")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--patch", type=int, nargs=3, default=[16, 64, 64], metavar=("Z", "Y", "X"))
-    p.add_argument("--rays", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2, help="U-Net depth")
-    p.add_argument("--filters", type=int, default=16, help="U-Net base filters")
+    add_schedule_arguments(p, epochs=60, steps=30, batch=2, patch={"nargs": 3, "default": [16, 64, 64], "metavar": ("Z", "Y", "X")},
+                           rays=64, depth=2)
     p.add_argument("--anisotropy", type=float, default=2.0, help="Z over XY voxel size the model assumes")
     p.add_argument("--scale", type=float, default=None,
                    help="recommended XY scale for ~75 px nuclei (default: tuned on synthetic large-nuclei stacks)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--version", default="1.0.0")
-    p.add_argument("--force", action="store_true", help="replace an existing model folder")
+    add_output_arguments(p)
     return p
 
 
@@ -88,15 +83,7 @@ def score_volumes(adapter: Any, volumes: list[np.ndarray], truths: list[np.ndarr
     from stardist.matching import matching_dataset
 
     preds = [adapter.predict(v, "ZYX", params) for v in volumes]
-    s = matching_dataset(truths, preds, thresh=0.5, show_progress=False)
-    return {
-        "precision@0.5": round(float(s.precision), 4),
-        "recall@0.5": round(float(s.recall), 4),
-        "f1@0.5": round(float(s.f1), 4),
-        "ap@0.5": round(float(s.accuracy), 4),
-        "n_true": int(s.n_true),
-        "n_pred": int(s.n_pred),
-    }
+    return matching_scores(matching_dataset(truths, preds, thresh=0.5, show_progress=False))
 
 
 def tune_scale(adapter: Any, params: dict[str, Any], seed: int, n: int = 6) -> tuple[float, dict[float, float]]:
@@ -115,16 +102,13 @@ def tune_scale(adapter: Any, params: dict[str, Any], seed: int, n: int = 6) -> t
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = args.out.resolve()
-    if out.exists() and not args.force:
-        sys.stderr.write(f"{out} exists; pass --force to replace it\n")
+    out = output_folder(args)
+    if out is None:
         return 2
     if args.scale is not None and not 0.05 <= args.scale <= 1.0:
         sys.stderr.write(f"--scale must be in [0.05, 1], got {args.scale}\n")
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_HOME", str(Path(os.environ.get("OPSEF_CACHE", Path.home() / ".cache" / "opsef")) / "frameworks" / "stardist" / "keras"))
+    framework_env()
 
     from csbdeep.utils import normalize
     from stardist import Rays_GoldenSpiral
@@ -132,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from opsef_protocol.adapter import RuntimeOptions
-    from opsef_protocol.manifest import ModelManifest, sha256_file
+    from opsef_protocol.manifest import ModelManifest
     from opsef_stardist.adapter import StarDistAdapter
     from opsef_stardist.synthetic3d import synthetic_dataset
 
@@ -147,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("synthetic data: %d + %d volumes, %d nuclei, %.1f s", len(X_fit), len(X_tune),
                 sum(int(y.max()) for y in Y_fit), time.perf_counter() - t_data)
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_temp_dir(out)
     anisotropy = (args.anisotropy, 1.0, 1.0)
     config = Config3D(
         rays=Rays_GoldenSpiral(args.rays, anisotropy=anisotropy),
@@ -156,60 +139,29 @@ def main(argv: list[str] | None = None) -> int:
         grid=(1, 2, 2),
         n_channel_in=1,
         backbone="unet",
-        unet_n_depth=args.depth,
-        unet_n_filter_base=args.filters,
-        train_patch_size=patch,
-        train_batch_size=args.batch,
-        train_epochs=args.epochs,
-        train_steps_per_epoch=args.steps,
-        train_tensorboard=False,
-        train_reduce_lr={"factor": 0.5, "patience": 6, "min_delta": 0},
+        **training_config(args, patch, patience=6),
     )
     model = StarDist3D(config, name=tmp.name, basedir=str(tmp.parent))
     n_params = int(model.keras_model.count_params())
     logger.info("StarDist3D: %d parameters", n_params)
-    t0 = time.perf_counter()
-    model.train(X_fit, Y_fit, validation_data=(X_tune, Y_tune), augmenter=lambda x, y: _augment(x, y, rng),
-                epochs=args.epochs, steps_per_epoch=args.steps)
-    train_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    model.optimize_thresholds(X_tune[: args.n_tune], Y_tune[: args.n_tune], nms_threshs=list(args.nms),
-                              predict_kwargs={"show_tile_progress": False})
-    tune_s = time.perf_counter() - t1
+    train_s, tune_s = fit_and_tune(model, (X_fit, Y_fit), (X_tune, Y_tune), (X_tune[: args.n_tune], Y_tune[: args.n_tune]),
+                                   lambda x, y: _augment(x, y, rng), args.epochs, args.steps, nms_threshs=list(args.nms))
 
-    for extra in ("weights_last.h5", "weights_now.h5", "logs"):
-        p = tmp / extra
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    files = ["config.json", "thresholds.json", "weights_best.h5"]
-    thresholds = json.loads((tmp / "thresholds.json").read_text())
+    thresholds = finish_model_folder(tmp, ("weights_last.h5", "weights_now.h5", "logs"))
     command = (f"python -m opsef_stardist.train3d --out services/stardist/models/{out.name} --n-train {args.n_train} "
                f"--epochs {args.epochs} --steps {args.steps} --seed {args.seed}")
     if args.scale is not None:
         command += f" --scale {args.scale}"
-    manifest: dict[str, Any] = {
-        "name": out.name,
-        "version": args.version,
-        "family": "stardist",
-        "framework": "tensorflow",
-        "source": "project",
-        "description": "OpSeF starter StarDist 3D nuclei model trained from scratch on synthetic volumes made by the "
+    manifest: dict[str, Any] = manifest_header(
+        out.name, args.version,
+        "OpSeF starter StarDist 3D nuclei model trained from scratch on synthetic volumes made by the "
         "project (opsef_stardist.synthetic3d: touching ellipsoidal nuclei ~8-22 px wide in XY, flatter in Z, "
         "blur, noise, texture; no real data). Grey ZYX input with Z spacing about twice the XY spacing. "
         "Small nuclei (~8-22 px wide) at scale 1; for larger nuclei set 'scale' = SCALE * 75 / nucleus XY "
         "diameter in px, SCALE being options.recommended_scale_75px (tuned on synthetic thin stacks of ~75 px "
         "nuclei; for the CHO volumes in fluo3d use it as is).",
-        "dims": [3],
-        "axes": ["ZYX"],
-        "channels": 1,
-        "min_size_px": 1,
-        "weights": [{"path": f, "sha256": sha256_file(tmp / f)} for f in files],
-        "defaults": {
-            "prob_threshold": round(float(thresholds["prob"]), 4),
-            "nms_threshold": round(float(thresholds["nms"]), 4),
-            "normalize": True,
-            "norm_percentile_low": 1.0,
-            "norm_percentile_high": 99.8,
-        },
+        [3], ["ZYX"], tmp, thresholds,
+    ) | {
         "options": {
             "n_rays": args.rays,
             "grid": [1, 2, 2],
@@ -219,23 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": n_params,
             "recommended_scale_75px": None,
         },
-        "training": {
-            "command": command,
-            "data": f"synthetic 3D nuclei made by the project (opsef_stardist.synthetic3d, seed {args.seed}): "
+        "training": training_record(
+            command,
+            f"synthetic 3D nuclei made by the project (opsef_stardist.synthetic3d, seed {args.seed}): "
             f"{args.n_train} volumes of 32x96x96 (a quarter of them 4-8-plane stacks edge-padded to {patch[0]} planes); "
             f"validation on {args.n_holdout} more synthetic volumes (seed {args.seed + 1000}), thresholds tuned on "
             f"{args.n_tune} of them; scale for ~75 px nuclei tuned on 6 synthetic thin stacks (seed {args.seed + 2000}); "
             "scored once on stardist's bundled img3d.tif/mask3d.tif (scale 1) and on fluo3d cho_t00/cho_t10 "
             "(automatic labels, at the recommended scale)",
-            "epochs": args.epochs,
-            "steps_per_epoch": args.steps,
-            "batch_size": args.batch,
-            "patch_size": list(patch),
-            "seed": args.seed,
-            "train_seconds": round(train_s, 1),
-            "threshold_tuning_seconds": round(tune_s, 1),
-            "machine": f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
-        },
+            args, list(patch), train_s, tune_s, tf.__version__,
+        ),
     }
     parsed = ModelManifest.model_validate(manifest)  # fail before writing anything invalid
 
@@ -267,12 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest["metrics"] = {f"{name}/{k}": v for name, r in results.items() for k, v in r.items()
                            if name == "img3d" or k in ("f1@0.5", "n_true", "n_pred")}
     ModelManifest.model_validate(manifest)
-    import yaml
-
-    (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_model(tmp, out, manifest)
     sys.stdout.write(json.dumps({"model": out.name, "scores": results, "thresholds": thresholds, "scale": scale,
                                  "train_seconds": round(train_s, 1)}, indent=2) + "\n")
     return 0
