@@ -97,7 +97,7 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
         by_image.setdefault(e["stem"], []).append(e)
     montages: dict[str, Any] = {}
     stack, names = [], []
-    columns = sorted({e["combination"].split("__", 1)[1] for e in ok})
+    columns = sorted({_column_title(e["combination"]) for e in ok})
     for n, (stem, entries) in enumerate(sorted(by_image.items())):
         grid = {}
         for e in entries:
@@ -109,7 +109,7 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
                 labels = labels[z]
                 image = image[z] if image is not None and image.ndim >= 3 and image.shape[0] == read_image(run_dir / e["labels"]).data.shape[0] else image
             ov = outline_overlay(image, labels)
-            grid[(e["pipeline"], e["combination"].split("__", 1)[1])] = ov
+            grid[(e["pipeline"], _column_title(e["combination"]))] = ov
             stack.append(ov)
             names.append(f"{stem} {e['combination']}")
         if n < MONTAGE_MAX_IMAGES:
@@ -129,6 +129,21 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
             tables["objects (first 50 rows)"] = objects.head(50)
         write_report(run_dir / "report.html", title=f"OpSeF run {run_dir.name}", montages=montages, leaderboard=board,
                      plots=plots, tables=tables, run_record=record)
+
+
+def _column_title(combination: str) -> str:
+    r"""Montage column title of a combination: ``service:model`` and its parameters on a second line.
+
+    Examples
+    --------
+    >>> _column_title("none__cellpose-cellpose_dsb2018_starter__scale0.6")
+    'cellpose:cellpose_dsb2018_starter\nscale0.6'
+    >>> _column_title("m3__unet-unet_starter__default")
+    'unet:unet_starter'
+    """
+    _, model, params = combination.split("__", 2)
+    title = model.replace("-", ":", 1)
+    return title if params == "default" else f"{title}\n{params}"
 
 
 def _plots(cfg: "RunConfig", run_dir: Path, objects: pd.DataFrame | None, board: pd.DataFrame | None) -> dict[str, bytes]:
