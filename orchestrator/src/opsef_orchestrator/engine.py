@@ -45,19 +45,20 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
+from opsef_protocol.manifest import sha256_file
+
 from opsef_orchestrator import __version__
 from opsef_orchestrator.client import SegmentError, SegmenterClient
 from opsef_orchestrator.config import RunConfig
-from opsef_orchestrator.io import Image, list_images, read_image, write_image, write_labels
+from opsef_orchestrator.io import atomic_path, list_images, read_image, write_image, write_labels
 from opsef_orchestrator.manager import ServiceManager
 from opsef_orchestrator.pipelines import Pipeline
-from opsef_orchestrator.segmentation import ModelRef, parse_model_ref
+from opsef_orchestrator.segmentation import ModelRef, parse_model_ref, service_input
 from opsef_orchestrator.tiling import Tile, stitch_labels, tile_grid
 
-__all__ = ["ImageItem", "Job", "Plan", "RunResult", "RunError", "make_plan", "run", "combination_name", "file_sha256"]
+__all__ = ["ImageItem", "Job", "Plan", "RunResult", "RunError", "make_plan", "run", "combination_name"]
 
 logger = logging.getLogger(__name__)
-_GRPC_SAFE_AXES = ("YX", "YXC", "ZYX", "ZYXC")
 #: Write errors that are the output folder's fault, not a job's: the run stops (resumable) instead of failing every job.
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -160,14 +161,6 @@ def combination_name(pipeline: str, ref: ModelRef, params: dict[str, Any]) -> st
     return f"{pipeline}__{ref.service}-{ref.model}__{p}"
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve the inputs (folders, patterns, ground truth) and the combinations; reads no pixels."""
     images: list[ImageItem] = []
@@ -266,19 +259,6 @@ class _ServicePool:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _service_input(img: Image) -> tuple[np.ndarray, str]:
-    data, axes = img.data, img.axes
-    if "T" in axes:
-        raise ValueError(f"{img.path}: still has a time axis ({axes}); select a time point (inputs[].read.time)")
-    if axes.endswith("C") and data.shape[-1] == 4:
-        data = data[..., :3]  # RGBA: drop alpha
-    if axes not in _GRPC_SAFE_AXES:
-        raise ValueError(f"{img.path}: axes {axes} cannot be sent to a model (need YX, YXC, ZYX or ZYXC)")
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)
-    return np.ascontiguousarray(data), axes
-
-
 def _job_base(job: Job) -> dict[str, Any]:
     return {"id": job.id, "image": str(job.image.path), "stem": job.image.stem, "pipeline": job.pipeline.name,
             "model": str(job.ref), "params": job.params, "combination": job.combination}
@@ -408,15 +388,8 @@ def _new_run_dir(root: Path, name: str) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _model_infos(pool: _ServicePool, plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -562,7 +535,7 @@ def run(
                 todo = [j for j in jobs_all if j.id not in done]
                 t0 = time.perf_counter()
                 try:
-                    digest = file_sha256(item.path)
+                    digest = sha256_file(item.path)
                 except OSError as exc:
                     for j in todo:
                         finish(j, {**_job_base(j), "status": "failed", "error": f"{item.path}: cannot read ({exc.strerror})"})
@@ -602,7 +575,7 @@ def run(
                     jobs = pending.get(pipe.name, [])
                     try:
                         pre = pipe.apply_image(img)
-                        data, axes = _service_input(pre)
+                        data, axes = service_input(pre, "inputs[].read.time")
                     except Exception as exc:  # noqa: BLE001
                         for j, key, out in jobs:
                             finish(j, {**_job_base(j), "key": key, "status": "failed", "error": f"preprocessing: {exc}"})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -40,17 +39,11 @@ def _dialect(dialect: str) -> tuple[str, str]:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then :func:`os.replace` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from opsef_orchestrator.io.writers import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_table(
@@ -85,18 +78,12 @@ def write_table(
     text = df.to_csv(index=False, sep=sep, decimal=dec, lineterminator="\n")
     atomic_write_bytes(path, text.encode("utf-8"))
     if parquet:
-        pq = path.with_suffix(".parquet")
-        pq.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{pq.name}.", suffix=".tmp", dir=pq.parent)
-        os.close(fd)
-        try:
-            out = df.copy()
-            out.columns = [str(c) for c in out.columns]
+        from opsef_orchestrator.io.writers import atomic_path
+
+        out = df.copy()
+        out.columns = [str(c) for c in out.columns]
+        with atomic_path(path.with_suffix(".parquet")) as tmp:
             out.to_parquet(tmp, index=False)
-            os.replace(tmp, pq)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     logger.debug("wrote %s (%d rows)", path, len(df))
     return path
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-__all__ = ["segment", "parse_param_options", "service_axes"]
+__all__ = ["segment", "parse_param_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,6 @@ def parse_param_options(values: tuple[str, ...]) -> dict[str, Any]:
         raise click.BadParameter(str(exc), param_hint="--param") from None
 
 
-def service_axes(axes: str, path: Path | str) -> str:
-    """Axes as a service takes them (YX, YXC, ZYX, ZYXC); a remaining T axis is an error naming the file."""
-    if "T" in axes:
-        raise ValueError(f"{path}: the image has a time axis (axes {axes}); choose a time point with --time")
-    return axes
-
-
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-m", "--model", "model_ref", required=True, help="SERVICE:MODEL, e.g. stardist:stardist_dsb2018_starter.")
@@ -56,7 +49,7 @@ def segment(images: tuple[Path, ...], model_ref: str, output: Path, params: tupl
     from opsef_orchestrator.client import SegmentError, SegmenterClient
     from opsef_orchestrator.io import ImageReadError, read_image, write_labels
     from opsef_orchestrator.manager import ServiceManager, parse_endpoints
-    from opsef_orchestrator.segmentation import parse_model_ref
+    from opsef_orchestrator.segmentation import parse_model_ref, service_input
 
     try:
         ref = parse_model_ref(model_ref)
@@ -78,7 +71,7 @@ def segment(images: tuple[Path, ...], model_ref: str, output: Path, params: tupl
         for path in images:
             try:
                 img = read_image(path, axes=axes, series=series_arg, channel=channel, time=time_point)
-                data, img_axes = img.data, service_axes(img.axes, path)
+                data, img_axes = service_input(img)
                 result = client.segment(data, img_axes, ref.model, parameters, request_id=path.name)
                 out = write_labels(output / f"{path.stem}_labels.tif", result.labels, pixel_size=img.pixel_size)
             except (ImageReadError, ValueError) as exc:
