@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from opsef_protocol.params import validate_params
 
-from opsef_orchestrator.pipelines import Pipeline, ReadOptions
+from opsef_orchestrator.pipelines import Pipeline, ReadOptions, check_unique_names
 from opsef_orchestrator.segmentation import parse_model_ref
 
 __all__ = [
@@ -189,10 +189,7 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_pipelines(self) -> "RunConfig":
-        names = [p.name for p in self.pipelines]
-        dups = sorted({n for n in names if names.count(n) > 1})
-        if dups:
-            raise ValueError(f"pipeline names must be unique: {dups}")
+        check_unique_names(self.pipelines)
         return self
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "PIPELINE_OPERATIONS",
     "ReadOptions",
     "PreprocessConfig",
+    "check_unique_names",
     "apply_filter",
     "operations_reference",
     "parse_step",
@@ -551,6 +552,22 @@ class ReadOptions(BaseModel):
         return d
 
 
+def check_unique_names(pipelines: list[Pipeline]) -> None:
+    """Raise ValueError naming the pipeline names used more than once (they name output folders).
+
+    Examples
+    --------
+    >>> check_unique_names([Pipeline(name="a"), Pipeline(name="a")])
+    Traceback (most recent call last):
+    ...
+    ValueError: pipeline names must be unique, repeated: ['a']
+    """
+    names = [p.name for p in pipelines]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"pipeline names must be unique, repeated: {dup}")
+
+
 class PreprocessConfig(BaseModel):
     """Configuration of ``opsef-orchestrate preprocess``.
 
@@ -579,8 +596,5 @@ class PreprocessConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> "PreprocessConfig":
-        names = [p.name for p in self.pipelines]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"pipeline names must be unique, repeated: {dup}")
+        check_unique_names(self.pipelines)
         return self
