@@ -42,7 +42,7 @@ def _raw_stub(address: str) -> tuple[grpc.Channel, pb_grpc.SegmenterStub]:
 def test_beyond_slots_and_queue_is_refused_at_once(limited) -> None:
     name, s = limited
     rng = np.random.default_rng(1)
-    img = (rng.random((384, 384)) * 255).astype(np.uint8)
+    img = (rng.random((512, 512)) * 255).astype(np.uint8)
     req = pb.SegmentRequest(model=STARTERS[name], image=to_tensor(img, "YX"))
     channel, stub = _raw_stub(s.address)
     with channel:
@@ -80,21 +80,37 @@ def test_concurrent_clients_with_retries_lose_nothing_and_memory_stays_bounded(l
     assert s.proc.poll() is None
 
 
+def _holder_side(stub: pb_grpc.SegmenterStub, model: str, seconds: float) -> int:
+    """Side of a square image whose prediction takes about ``seconds`` on this machine (calibrated at 1024x1024)."""
+    probe = (np.random.default_rng(3).random((1024, 1024)) * 255).astype(np.uint8)
+    took = stub.Segment(pb.SegmentRequest(model=model, image=to_tensor(probe, "YX")), timeout=300).timings.predict_s
+    side = int(1024 * np.sqrt(seconds / max(took, 1e-3)))
+    return int(np.clip(side, 1024, 3072)) // 16 * 16
+
+
 def test_deadline_passed_while_queued_is_never_predicted(limited) -> None:
     name, s = limited
-    big = (np.random.default_rng(2).random((1536, 1536)) * 255).astype(np.uint8)
-    small = np.zeros((64, 64), np.uint8)
     channel, stub = _raw_stub(s.address)
     with channel:
+        # the slot holder must still be predicting when the probe's deadline passes, on a fast machine too
+        side = _holder_side(stub, STARTERS[name], seconds=3.0)
+        big = (np.random.default_rng(2).random((side, side)) * 255).astype(np.uint8)
+        small = np.zeros((64, 64), np.uint8)
+        t_sent = time.perf_counter()
         busy = stub.Segment.future(pb.SegmentRequest(model=STARTERS[name], image=to_tensor(big, "YX"),
                                                      request_id="slot-holder"), timeout=300)
-        time.sleep(0.5)  # the slot holder is predicting now
+        time.sleep(0.3)  # the slot holder is decoded and predicting now
         with pytest.raises(grpc.RpcError) as info:
             stub.Segment(pb.SegmentRequest(model=STARTERS[name], image=to_tensor(small, "YX"), request_id="deadline-probe"),
                          timeout=0.3)
+        t_expired = time.perf_counter() - t_sent
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         held = busy.result()
-        assert held.timings.predict_s > 0.3, "the slot holder finished before the probe's deadline; use a bigger image"
+        # the holder released its slot no earlier than decode + predict after it was sent
+        held_until = held.timings.decode_s + held.timings.queue_s + held.timings.predict_s
+        assert held_until > t_expired + 0.2, (
+            f"the slot holder ({side}x{side}) finished {held_until:.2f} s after sending, "
+            f"too close to the probe's deadline ({t_expired:.2f} s); the test cannot tell queued from predicted")
         time.sleep(0.5)
     log = s.log_text()
     assert "request deadline-probe cancelled or past its deadline before prediction" in log
