@@ -78,6 +78,15 @@ def test_sweep_cache_and_record(manager: ServiceManager, stardist, images: Path,
     assert second.run_dir != first.run_dir
     assert second.record["counts"] == {"ok": 0, "cached": 36, "failed": 0}
     assert _labels(second.run_dir) == labels
+    # ... and no analysis is redone: every table and picture comes from the content cache, identical.
+    assert not second.record["cache"]["misses"], second.record["cache"]
+    assert second.record["cache"]["hits"]["measurements"] == 36 and second.record["cache"]["hits"]["overlays"] == 36
+    assert first.record["cache"]["misses"]["measurements"] == 36
+    produced = sorted(str(p.relative_to(first.run_dir)) for d in ("tables", "montages", "plots", "preprocessed")
+                      for p in (first.run_dir / d).rglob("*") if p.is_file())
+    assert "tables/objects.csv" in produced and "tables/leaderboard.csv" in produced and any("montages" in p for p in produced)
+    for rel in produced:
+        assert (second.run_dir / rel).read_bytes() == (first.run_dir / rel).read_bytes(), rel
     # Rerun from the record's run.yaml reproduces the run.
     third = run(load_config(first.run_dir / "run.yaml"), manager=manager)
     assert _labels(third.run_dir) == labels

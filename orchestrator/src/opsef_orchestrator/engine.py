@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import socket
 import sys
 import threading
@@ -48,6 +47,7 @@ import yaml
 from opsef_protocol.manifest import sha256_file
 
 from opsef_orchestrator import __version__
+from opsef_orchestrator.cache import ContentCache, link_or_copy
 from opsef_orchestrator.client import SegmentError, SegmenterClient
 from opsef_orchestrator.config import RunConfig
 from opsef_orchestrator.io import atomic_path, list_images, read_image, write_image, write_labels
@@ -264,23 +264,6 @@ def _job_base(job: Job) -> dict[str, Any]:
             "model": str(job.ref), "params": job.params, "combination": job.combination}
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.part")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        try:
-            shutil.copyfile(src, tmp)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-    os.replace(tmp, dst)
-
-
 class _Journal:
     """Append-only job journal (one JSON line per finished job), safe against kill -9 mid-line."""
 
@@ -446,7 +429,8 @@ def run(
         services, models = _model_infos(pool, plan)
         run_dir = Path(run_dir) if run_dir else _new_run_dir(cfg.outputs.root, cfg.name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cache = cfg.outputs.root / ".cache" / "labels"
+        store = ContentCache(cfg.outputs.root / ".cache")
+        cache = store.root / "labels"
         resolved = cfg.model_dump(mode="json")
         _write_text_atomic(run_dir / "run.yaml", config_text or yaml.safe_dump(resolved, sort_keys=False))
         journal = _Journal(run_dir / "jobs.jsonl")
@@ -506,7 +490,7 @@ def run(
                             continue
                         raise
                 write_labels(cached, labels)
-                _link_or_copy(cached, out)
+                link_or_copy(cached, out)
                 finish(job, {**base, "status": "ok", "labels": str(out.relative_to(run_dir)), "seconds": round(time.perf_counter() - t0, 3),
                              "predict_s": round(timings["predict_s"], 3), "requests": timings["requests"],
                              "objects": int(labels.max()) if labels.size else 0, "model_version": timings.get("model_version", ""),
@@ -554,13 +538,26 @@ def run(
                 for j, key, out in keyed:
                     cached = cache / key[:2] / f"{key}.tif"
                     if cached.is_file():
-                        _link_or_copy(cached, out)
+                        link_or_copy(cached, out)
                         finish(j, {**_job_base(j), "key": key, "status": "cached", "labels": str(out.relative_to(run_dir)), "seconds": 0.0})
                     else:
                         pending.setdefault(j.pipeline.name, []).append((j, key, out))
+                # Preprocessed images in the content cache need no reading either.
+                read_json = read_opts.model_dump(mode="json")
+                pre_keys = {p.name: store.key("preprocessed", digest, read_json, p.model_dump(mode="json")) for p in cfg.pipelines}
+                if cfg.outputs.preprocessed:
+                    for p in cfg.pipelines:
+                        target = run_dir / "preprocessed" / p.name / f"{item.stem}.tif"
+                        if p.name not in pending and not target.is_file():
+                            store.link_out("preprocessed", pre_keys[p.name], ".tif", target)
                 want_pre = [p for p in cfg.pipelines if p.name in pending or (
                     cfg.outputs.preprocessed and not (run_dir / "preprocessed" / p.name / f"{item.stem}.tif").is_file())]
+                input_key = store.key("input", digest, read_json)
+                input_row = {"stem": item.stem, "path": str(item.path), "sha256": digest}
                 if not want_pre:
+                    seen = store.get_json("input", input_key)
+                    if seen is not None:
+                        inputs_rows.append({**input_row, **seen, "ground_truth": str(item.ground_truth or "")})
                     continue
                 try:
                     img = read_image(item.path, **read_opts.kwargs())
@@ -569,8 +566,10 @@ def run(
                         for j, key, out in jobs:
                             finish(j, {**_job_base(j), "key": key, "status": "failed", "error": str(exc)})
                     continue
-                inputs_rows.append({"stem": item.stem, "path": str(item.path), "sha256": digest, "shape": list(img.shape),
-                                    "axes": img.axes, "pixel_size": img.pixel_size, "ground_truth": str(item.ground_truth or "")})
+                seen = {"shape": list(img.shape), "axes": img.axes,
+                        "pixel_size": list(img.pixel_size) if img.pixel_size is not None else None}
+                store.put_json("input", input_key, seen)
+                inputs_rows.append({**input_row, **seen, "ground_truth": str(item.ground_truth or "")})
                 for pipe in want_pre:
                     jobs = pending.get(pipe.name, [])
                     try:
@@ -582,8 +581,9 @@ def run(
                         continue
                     if cfg.outputs.preprocessed:
                         target = run_dir / "preprocessed" / pipe.name / f"{item.stem}.tif"
-                        if not target.is_file():
-                            write_image(target, pre.data, pre.axes, pre.pixel_size)
+                        if not target.is_file() and not store.link_out("preprocessed", pre_keys[pipe.name], ".tif", target):
+                            write_image(store.path("preprocessed", pre_keys[pipe.name], ".tif"), pre.data, pre.axes, pre.pixel_size)
+                            link_or_copy(store.path("preprocessed", pre_keys[pipe.name], ".tif"), target)
                     for j, key, out in jobs:
                         semaphores[j.ref.service].acquire()
                         futures.append(executors[j.ref.service].submit(work, j, data, axes, key, out))
@@ -607,7 +607,7 @@ def run(
                 prev = pd.read_csv(old)
                 rows = [r for r in prev.to_dict("records") if r["stem"] not in {x["stem"] for x in inputs_rows}] + inputs_rows
             write_table(pd.DataFrame(rows), old)
-        evaluation = postrun.finalize(cfg, plan, run_dir, entries)
+        evaluation = postrun.finalize(cfg, plan, run_dir, entries, store)
         t_end = time.time()
         record = {
             "opsef_version": __version__,
@@ -624,6 +624,7 @@ def run(
             "plan": {"images": len(plan.images), "combinations": len(plan.combinations), "jobs": plan.n_jobs},
             "counts": {"ok": sum(e["status"] == "ok" for e in entries.values()),
                        "cached": sum(e["status"] == "cached" for e in entries.values()), "failed": len(failed)},
+            "cache": store.stats(),  # hits and misses of preprocessed images and analysis results (labels: counts)
             "stages": {"read_preprocess_s": round(stage["read_preprocess_s"], 3), "inference_wall_s": round(t_infer - t_start, 3),
                        "postprocess_s": round(t_end - t_infer, 3), "total_s": round(t_end - t_start, 3)},
             "jobs": sorted(entries.values(), key=lambda e: e["id"]),

@@ -1,7 +1,12 @@
 """After inference: evaluation and leaderboard, measurements and filters, overlays, montages and the report.
 
 Everything here reads the run folder's label images and writes tables and
-pictures beside them; it never talks to a service.
+pictures beside them; it never talks to a service. Per-job results (evaluation
+rows, measurement tables, filtered labels, overlays) and per-image montages and
+plots are kept in the run root's content cache (:mod:`opsef_orchestrator.cache`),
+keyed by the labels' content key and everything else they depend on, so
+re-running a finished run recomputes none of them; the tables, stacks and the
+report of the new run folder are still written anew.
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from opsef_protocol.manifest import sha256_file
 
+from opsef_orchestrator.cache import ContentCache, link_or_copy
 from opsef_orchestrator.evaluation import evaluate_pair, evaluation_rows, leaderboard
 from opsef_orchestrator.io import read_image
 from opsef_orchestrator.tables import write_table
@@ -28,25 +35,46 @@ logger = logging.getLogger(__name__)
 MONTAGE_MAX_IMAGES = 6
 
 
-def _evaluate(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, Any]]) -> pd.DataFrame | None:
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers (for JSON)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _job_key(store: ContentCache, kind: str, e: dict[str, Any], *parts: Any) -> str | None:
+    """Cache key of a per-job result, or None when the job's labels have no content key (nothing is cached)."""
+    return store.key(kind, e["key"], *parts) if e.get("key") else None
+
+
+def _evaluate(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, Any]],
+              store: ContentCache) -> pd.DataFrame | None:
     gts = {i.stem: i.ground_truth for i in plan.images if i.ground_truth is not None}
     if not gts:
         return None
     rows: list[dict[str, Any]] = []
     gt_cache: dict[str, np.ndarray] = {}
+    gt_digests: dict[Path, str] = {}
     for e in ok:
         gt_path = gts.get(e["stem"])
         if gt_path is None:
             continue
-        if e["stem"] not in gt_cache:
-            gt_cache = {e["stem"]: read_image(gt_path).data}
-        pred = read_image(run_dir / e["labels"]).data
-        gt = gt_cache[e["stem"]]
-        if gt.shape != pred.shape:
-            logger.warning("ground truth %s has shape %s, labels %s: not evaluated", gt_path, gt.shape, pred.shape)
-            continue
-        rows += evaluation_rows(evaluate_pair(gt, pred), image=e["stem"], pipeline=e["pipeline"], model=e["model"],
-                                parameters=json.dumps(e["params"], sort_keys=True), combination=e["combination"])
+        if gt_path not in gt_digests:
+            gt_digests[gt_path] = sha256_file(gt_path)
+        key = _job_key(store, "evaluation", e, gt_digests[gt_path])
+        scores = store.get_json("evaluation", key) if key else None
+        if scores is None:
+            if e["stem"] not in gt_cache:
+                gt_cache = {e["stem"]: read_image(gt_path).data}
+            pred = read_image(run_dir / e["labels"]).data
+            gt = gt_cache[e["stem"]]
+            if gt.shape != pred.shape:
+                logger.warning("ground truth %s has shape %s, labels %s: not evaluated", gt_path, gt.shape, pred.shape)
+                continue
+            scores = [{k: _plain(v) for k, v in r.items()} for r in evaluation_rows(evaluate_pair(gt, pred))]
+            if key:
+                store.put_json("evaluation", key, scores)
+        ids = {"image": e["stem"], "pipeline": e["pipeline"], "model": e["model"],
+               "parameters": json.dumps(e["params"], sort_keys=True), "combination": e["combination"]}
+        rows += [{**ids, **r} for r in scores]
     if not rows:
         return None
     df = pd.DataFrame(rows)
@@ -57,25 +85,47 @@ def _evaluate(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
     return board
 
 
-def _measure(cfg: "RunConfig", run_dir: Path, ok: list[dict[str, Any]]) -> pd.DataFrame | None:
+def _preprocessed(run_dir: Path, e: dict[str, Any], digests: dict[Path, str]) -> tuple[Path, str | None]:
+    """The preprocessed image of a job and its content digest (None when there is none)."""
+    pre = run_dir / "preprocessed" / e["pipeline"] / f"{e['stem']}.tif"
+    if pre not in digests:
+        digests[pre] = sha256_file(pre) if pre.is_file() else ""
+    return pre, digests[pre] or None
+
+
+def _measure(cfg: "RunConfig", run_dir: Path, ok: list[dict[str, Any]], store: ContentCache,
+             digests: dict[Path, str]) -> pd.DataFrame | None:
     from opsef_orchestrator.io import write_labels
     from opsef_orchestrator.measure import measure_objects
     from opsef_orchestrator.postprocess import filter_objects
 
+    filters = dict(cfg.postprocess.filters)
     tables = []
     for e in ok:
-        labels = read_image(run_dir / e["labels"]).data
-        pre = run_dir / "preprocessed" / e["pipeline"] / f"{e['stem']}.tif"
-        intensity = None
-        if pre.is_file():
-            img = read_image(pre)
-            if img.data.shape[: labels.ndim] == labels.shape:
-                intensity = img.data
-        table = measure_objects(labels, intensity=intensity)
-        if cfg.postprocess.filters:
-            labels, kept = filter_objects(labels, table, dict(cfg.postprocess.filters))
-            table = table.assign(kept=table["label"].isin(kept["label"]))
-            write_labels(run_dir / "labels_filtered" / e["combination"] / f"{e['stem']}.tif", labels)
+        pre, pre_digest = _preprocessed(run_dir, e, digests)
+        key = _job_key(store, "measurements", e, pre_digest, filters)
+        filtered = run_dir / "labels_filtered" / e["combination"] / f"{e['stem']}.tif"
+        table = store.get_frame("measurements", key) if key else None
+        if table is not None and filters and not store.link_out("labels_filtered", key, ".tif", filtered):
+            table = None
+        if table is None:
+            labels = read_image(run_dir / e["labels"]).data
+            intensity = None
+            if pre_digest:
+                img = read_image(pre)
+                if img.data.shape[: labels.ndim] == labels.shape:
+                    intensity = img.data
+            table = measure_objects(labels, intensity=intensity)
+            if filters:
+                labels, kept = filter_objects(labels, table, filters)
+                table = table.assign(kept=table["label"].isin(kept["label"]))
+                if key:
+                    write_labels(store.path("labels_filtered", key, ".tif"), labels)
+                    link_or_copy(store.path("labels_filtered", key, ".tif"), filtered)
+                else:
+                    write_labels(filtered, labels)
+            if key:
+                store.put_frame("measurements", key, table)
         tables.append(table.assign(image=e["stem"], pipeline=e["pipeline"], model=e["model"], combination=e["combination"]))
     if not tables:
         return None
@@ -86,10 +136,31 @@ def _measure(cfg: "RunConfig", run_dir: Path, ok: list[dict[str, Any]]) -> pd.Da
     return df
 
 
+def _overlay(run_dir: Path, e: dict[str, Any], store: ContentCache, digests: dict[Path, str]) -> tuple[np.ndarray, str | None]:
+    """Outlines of a job's labels on its preprocessed image (volumes: the middle plane), and the overlay's cache key."""
+    from opsef_orchestrator.overlays import outline_overlay
+
+    pre, pre_digest = _preprocessed(run_dir, e, digests)
+    key = _job_key(store, "overlays", e, pre_digest)
+    ov = store.get_array("overlays", key) if key else None
+    if ov is None:
+        image = read_image(pre).data if pre_digest else None
+        labels = read_image(run_dir / e["labels"]).data
+        if labels.ndim == 3:  # volumes: the middle plane
+            z = labels.shape[0] // 2
+            if image is not None and image.ndim >= 3 and image.shape[0] == labels.shape[0]:
+                image = image[z]
+            labels = labels[z]
+        ov = outline_overlay(image, labels)
+        if key:
+            store.put_array("overlays", key, ov)
+    return ov, key
+
+
 def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, Any]], board: pd.DataFrame | None,
-              objects: pd.DataFrame | None) -> None:
+              objects: pd.DataFrame | None, store: ContentCache, digests: dict[Path, str]) -> None:
     # Figures are drawn on their own Agg canvas: pyplot's backend is left alone (a notebook keeps its inline plots).
-    from opsef_orchestrator.overlays import figure_to_png, montage_figure, outline_overlay, write_overlay_stack
+    from opsef_orchestrator.overlays import figure_to_png, montage_figure, write_overlay_stack
     from opsef_orchestrator.report import write_report
 
     by_image: dict[str, list[dict[str, Any]]] = {}
@@ -99,28 +170,28 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
     stack, names = [], []
     columns = sorted({_column_title(e["combination"]) for e in ok})
     for n, (stem, entries) in enumerate(sorted(by_image.items())):
-        grid = {}
+        grid, keys = {}, []
         for e in entries:
-            pre = run_dir / "preprocessed" / e["pipeline"] / f"{stem}.tif"
-            image = read_image(pre).data if pre.is_file() else None
-            labels = read_image(run_dir / e["labels"]).data
-            if labels.ndim == 3:  # volumes: the middle plane
-                z = labels.shape[0] // 2
-                labels = labels[z]
-                image = image[z] if image is not None and image.ndim >= 3 and image.shape[0] == read_image(run_dir / e["labels"]).data.shape[0] else image
-            ov = outline_overlay(image, labels)
+            ov, key = _overlay(run_dir, e, store, digests)
             grid[(e["pipeline"], _column_title(e["combination"]))] = ov
+            keys.append((e["pipeline"], e["combination"], key))
             stack.append(ov)
             names.append(f"{stem} {e['combination']}")
         if n < MONTAGE_MAX_IMAGES:
-            fig = montage_figure(grid, rows=[p.name for p in cfg.pipelines], columns=columns, title=stem if len(stem) <= 40 else stem[:37] + "...")
-            png = figure_to_png(fig)
+            rows = [p.name for p in cfg.pipelines]
+            title = stem if len(stem) <= 40 else stem[:37] + "..."
+            mkey = store.key("montages", sorted(keys), rows, columns, title) if all(k for _, _, k in keys) else None
+            png = (store.get_pngs("montages", mkey) or {}).get("montage") if mkey else None
+            if png is None:
+                png = figure_to_png(montage_figure(grid, rows=rows, columns=columns, title=title))
+                if mkey:
+                    store.put_pngs("montages", mkey, {"montage": png})
             (run_dir / "montages").mkdir(exist_ok=True)
             (run_dir / "montages" / f"{stem}.png").write_bytes(png)
             montages[stem] = png
     if stack:
         write_overlay_stack(stack, run_dir / "overlays" / "overlays_stack.tif", slice_labels=names)
-    plots = _plots(cfg, run_dir, objects, board)
+    plots = _plots(cfg, run_dir, objects, board, store)
     if cfg.outputs.report:
         record_path = run_dir / "record.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {"config": cfg.model_dump(mode="json")}
@@ -146,15 +217,29 @@ def _column_title(combination: str) -> str:
     return title if params == "default" else f"{title}\n{params}"
 
 
-def _plots(cfg: "RunConfig", run_dir: Path, objects: pd.DataFrame | None, board: pd.DataFrame | None) -> dict[str, bytes]:
+def _plots(cfg: "RunConfig", run_dir: Path, objects: pd.DataFrame | None, board: pd.DataFrame | None,
+           store: ContentCache) -> dict[str, bytes]:
     """Scatter (area x circularity, filter box drawn) and PCA of the objects of the best (or first) combination."""
-    from opsef_orchestrator.overlays import figure_to_png
-    from opsef_orchestrator.plots import embedding_plot, scatter_plot
-
     if objects is None or objects.empty:
         return {}
     combo = str(board.sort_values("rank")["combination"].iloc[0]) if board is not None else str(objects["combination"].iloc[0])
     table = objects[objects["combination"] == combo]
+    key = store.key("plots", combo, dict(cfg.postprocess.filters), list(table.columns),
+                    pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes().hex())
+    plots = store.get_pngs("plots", key)
+    if plots is None:
+        plots = _draw_plots(cfg, table, combo)
+        store.put_pngs("plots", key, plots)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    for name, png in plots.items():
+        (run_dir / "plots" / ("00_scatter.png" if name.startswith(("area ", "volume ")) else "01_pca.png")).write_bytes(png)
+    return plots
+
+
+def _draw_plots(cfg: "RunConfig", table: pd.DataFrame, combo: str) -> dict[str, bytes]:
+    from opsef_orchestrator.overlays import figure_to_png
+    from opsef_orchestrator.plots import embedding_plot, scatter_plot
+
     size = "area" if "area" in table else "volume"
     shape = "circularity" if "circularity" in table else "sphericity"
     features = [c for c in (size, shape, "solidity", "equivalent_diameter", "major_axis_length", "minor_axis_length") if c in table]
@@ -164,24 +249,27 @@ def _plots(cfg: "RunConfig", run_dir: Path, objects: pd.DataFrame | None, board:
                                                             ranges=dict(cfg.postprocess.filters) or None),
         f"PCA of {', '.join(features)} ({combo})": lambda: embedding_plot(table, features, "pca", n_clusters=3),
     }
-    (run_dir / "plots").mkdir(exist_ok=True)
-    for i, (name, make) in enumerate(figures.items()):
+    for name, make in figures.items():
         try:
             fig = make()
         except ValueError as exc:  # e.g. too few objects for an embedding
             logger.info("plot %r skipped: %s", name, exc)
             continue
-        png = figure_to_png(fig)
-        (run_dir / "plots" / f"{i:02d}_{'scatter' if i == 0 else 'pca'}.png").write_bytes(png)
-        plots[name] = png
+        plots[name] = figure_to_png(fig)
     return plots
 
 
-def finalize(cfg: "RunConfig", plan: "Plan", run_dir: Path, entries: dict[str, dict[str, Any]]) -> pd.DataFrame | None:
-    """Evaluation, measurements, pictures and report of a run; returns the leaderboard (or None)."""
+def finalize(cfg: "RunConfig", plan: "Plan", run_dir: Path, entries: dict[str, dict[str, Any]],
+             store: ContentCache | None = None) -> pd.DataFrame | None:
+    """Evaluation, measurements, pictures and report of a run; returns the leaderboard (or None).
+
+    ``store`` is the run root's content cache (default ``<outputs.root>/.cache``).
+    """
     ok = sorted((e for e in entries.values() if e["status"] in ("ok", "cached")), key=lambda e: e["id"])
-    board = _evaluate(cfg, plan, run_dir, ok)
-    objects = _measure(cfg, run_dir, ok) if cfg.postprocess.measure and cfg.outputs.tables else None
+    store = store if store is not None else ContentCache(cfg.outputs.root / ".cache")
+    digests: dict[Path, str] = {}  # preprocessed image -> sha256, computed once per run
+    board = _evaluate(cfg, plan, run_dir, ok, store)
+    objects = _measure(cfg, run_dir, ok, store, digests) if cfg.postprocess.measure and cfg.outputs.tables else None
     if cfg.outputs.overlays or cfg.outputs.report:
-        _pictures(cfg, plan, run_dir, ok, board, objects)
+        _pictures(cfg, plan, run_dir, ok, board, objects, store, digests)
     return board

@@ -165,7 +165,7 @@ def to_channels_last(image: np.ndarray, axes: str, channels: int) -> np.ndarray:
     --------
     >>> to_channels_last(np.zeros((4, 5), np.uint8), "YX", 1).shape
     (4, 5, 1)
-    >>> to_channels_last(np.ones((4, 5, 3)), "YXC", 1)[0, 0, 0]
+    >>> float(to_channels_last(np.ones((4, 5, 3)), "YXC", 1)[0, 0, 0])
     1.0
     """
     img = np.asarray(image, dtype=np.float32)

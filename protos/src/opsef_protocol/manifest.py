@@ -8,9 +8,15 @@ Examples
 --------
 >>> m = ModelManifest.model_validate({
 ...     "name": "demo", "version": "1", "family": "stardist", "framework": "tensorflow",
-...     "source": "project", "dims": [2], "axes": ["YX"]})
->>> m.dims
-[2]
+...     "source": "project", "dims": [2], "axes": ["YX"],
+...     "weights": [{"path": "weights.h5", "sha256": 64 * "0"}]})
+>>> m.dims, m.weights[0].path
+([2], 'weights.h5')
+>>> ModelManifest.model_validate({"name": "demo", "colour": "blue"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: ...
+Extra inputs are not permitted...
 """
 from __future__ import annotations
 
