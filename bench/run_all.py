@@ -60,6 +60,11 @@ def summary_rows(out: Path) -> list[dict[str, Any]]:
                              "value": r["idle_with_request_waiting_share"], "target": "~0", "met": r["idle_with_request_waiting_share"] < 0.02})
                 rows.append({"benchmark": "3 sweep", "measure": f"{r['service']}: idle share (any reason)",
                              "value": r["idle_share"], "target": "", "met": None})
+                if "starved_with_work_left_share" in r:
+                    rows.append({"benchmark": "3 sweep",
+                                 "measure": f"{r['service']}: starved while work for it was left (share until its last job)",
+                                 "value": r["starved_with_work_left_share"], "target": "~0",
+                                 "met": r["starved_with_work_left_share"] < 0.05})
     w = _load(out, "wholeslide")
     if w:
         for r in w["rows"]:

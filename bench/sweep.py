@@ -79,7 +79,10 @@ def service_idle(reqs: list[dict[str, float]], t0: float, t1: float) -> dict[str
     return {"requests": len(reqs), "window_s": window, "predict_s": predict, "busy_share": predict / window,
             "idle_share": 1 - predict / window, "idle_with_request_waiting_s": waiting_idle,
             "idle_with_request_waiting_share": waiting_idle / window, "starved_s": starved, "starved_share": starved / window,
-            "first_start_s": reqs[0]["pred_start"] - t0, "tail_after_last_s": t1 - reqs[-1]["pred_end"]}
+            "first_start_s": reqs[0]["pred_start"] - t0, "tail_after_last_s": t1 - reqs[-1]["pred_end"],
+            # starved while the sweep still had work for it: head-of-line blocking behind a slower service
+            "done_after_s": reqs[-1]["pred_end"] - t0, "starved_with_work_left_s": starved - max(0.0, t1 - reqs[-1]["pred_end"]),
+            "starved_with_work_left_share": (starved - max(0.0, t1 - reqs[-1]["pred_end"])) / max(reqs[-1]["pred_end"] - t0, 1e-9)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
               "services they compete for the same cores, so each prediction is slower than alone.\n")
     text2 = markdown_table(per_service, ["service", "jobs", "window_s", "predict_s", "busy_share", "idle_share",
                                          "idle_with_request_waiting_s", "idle_with_request_waiting_share", "starved_s",
-                                         "starved_share", "cpu_s"])
+                                         "starved_share", "done_after_s", "starved_with_work_left_s",
+                                         "starved_with_work_left_share", "cpu_s"])
     text2 += ("\nidle_with_request_waiting = time the service did not predict although a request was already inside it "
               "(decode and hand-over between two predictions; target ~0); starved = time with no request in the "
               "service (the orchestrator had nothing ready for it, or the sweep had not reached it yet / was done "
-              "with it).\n")
+              "with it); starved_with_work_left = starved before the service's last job ended, over the time until "
+              "then (a fast service waiting behind a slow one: target ~0).\n")
     write_results("sweep", args, {"summary": summary, "services": per_service, "record_stages": rec["stages"]},
                   [("Sweep", text1), ("Per service", text2)], started)
     return 0

@@ -163,6 +163,10 @@ class ExecutionSpec(_Strict):
     """How jobs are sent to the services."""
 
     max_in_flight: int = Field(2, ge=1, le=256, description="Requests in flight per service.")
+    read_ahead_mb: int = Field(
+        1024, ge=1, le=1 << 20,
+        description="Preprocessed images held for queued jobs, in MiB: the orchestrator reads ahead up to this much "
+                    "so that a fast service never waits for a slow one (each service has its own queue).")
     timeout_s: float = Field(900.0, gt=0, description="Deadline of one Segment request.")
     attempts: int = Field(6, ge=1, le=50, description="Attempts per request on retryable errors (with backoff).")
     start_services: bool = Field(True, description="Start local services that are not running.")
@@ -391,6 +395,7 @@ outputs:
   csv_dialect: default               # or european (; and ,)
 execution:
   max_in_flight: 2
+  read_ahead_mb: 1024                # preprocessed images held for queued jobs
   timeout_s: 900
 endpoints: {}                        # e.g. {stardist: "dns:///opsef-stardist:50051"}
 """

@@ -5,8 +5,10 @@
   a finished run does no inference, and an interrupted run (Ctrl-C, kill -9, a
   service crash) resumes where it stopped. Files are written to a temporary
   name and renamed, so nothing half-written is ever seen.
-- Each service gets at most ``execution.max_in_flight`` requests at once; the
-  main thread reads and preprocesses the next images while services predict.
+- Each service gets at most ``execution.max_in_flight`` requests at once, from
+  its own queue; the main thread reads and preprocesses the next images while
+  services predict, up to ``execution.read_ahead_mb`` of preprocessed images
+  ahead, so a fast service does not wait for a slow one.
 - Images larger than ``tiling.tile_size`` are tiled with overlap, segmented
   tile by tile and stitched without seams (objects across borders are one).
 - A local service that dies is restarted and its jobs retried; a job that
@@ -292,6 +294,46 @@ class _Journal:
             os.fsync(fh.fileno())
 
 
+class _ReadAhead:
+    """Bytes of preprocessed images held for jobs not yet finished; the reader waits while more than a budget is held.
+
+    Each service takes its jobs from its own queue (its executor), so while a
+    slow service works through its backlog the reader keeps reading ahead for
+    the fast ones, up to the budget. The image just read always goes out, so a
+    single image larger than the budget still runs.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.held = 0
+        self._left: dict[int, list[int]] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+
+    def hold(self, data: np.ndarray, jobs: int) -> int:
+        """Hold ``data`` until ``jobs`` calls of :meth:`release` with the returned token."""
+        with self._cond:
+            self._next += 1
+            self._left[self._next] = [jobs, int(data.nbytes)]
+            self.held += int(data.nbytes)
+            return self._next
+
+    def release(self, token: int) -> None:
+        with self._cond:
+            left = self._left[token]
+            left[0] -= 1
+            if left[0] == 0:
+                self.held -= left[1]
+                del self._left[token]
+                self._cond.notify_all()
+
+    def wait(self, stop: Callable[[], bool]) -> None:
+        """Block while more than the budget is held (or until ``stop()``)."""
+        with self._cond:
+            while self.held > self.budget and not stop():
+                self._cond.wait(0.5)
+
+
 class _Progress:
     def __init__(self, total: int, callback: Callable[[str], None] | None) -> None:
         self.total, self.callback = total, callback
@@ -442,7 +484,7 @@ def run(
         output_errors: list[OSError] = []  # disk full / read-only output: stop the run, journal nothing more
         stage = {"read_preprocess_s": 0.0}
         inputs_rows: list[dict[str, Any]] = []
-        semaphores = {s: threading.BoundedSemaphore(cfg.execution.max_in_flight * 2) for s in plan.services}
+        read_ahead = _ReadAhead(cfg.execution.read_ahead_mb << 20)
         executors = {s: cf.ThreadPoolExecutor(cfg.execution.max_in_flight, thread_name_prefix=f"opsef-{s}") for s in plan.services}
         futures: list[cf.Future] = []
 
@@ -457,7 +499,7 @@ def run(
                     failed.append(entry)
             prog.update(str(job.ref), entry["status"])
 
-        def work(job: Job, data: np.ndarray, axes: str, key: str, out: Path) -> None:
+        def work(job: Job, data: np.ndarray, axes: str, key: str, out: Path, token: int) -> None:
             t0 = time.perf_counter()
             base = {**_job_base(job), "key": key}
             cached = cache / key[:2] / f"{key}.tif"
@@ -506,7 +548,7 @@ def run(
             finally:
                 with contextlib.suppress(OSError):
                     scratch.unlink()
-                semaphores[job.ref.service].release()
+                read_ahead.release(token)
 
         try:
             for item in plan.images:
@@ -584,10 +626,12 @@ def run(
                         if not target.is_file() and not store.link_out("preprocessed", pre_keys[pipe.name], ".tif", target):
                             write_image(store.path("preprocessed", pre_keys[pipe.name], ".tif"), pre.data, pre.axes, pre.pixel_size)
                             link_or_copy(store.path("preprocessed", pre_keys[pipe.name], ".tif"), target)
-                    for j, key, out in jobs:
-                        semaphores[j.ref.service].acquire()
-                        futures.append(executors[j.ref.service].submit(work, j, data, axes, key, out))
+                    if jobs:
+                        token = read_ahead.hold(data, len(jobs))
+                        for j, key, out in jobs:
+                            futures.append(executors[j.ref.service].submit(work, j, data, axes, key, out, token))
                 stage["read_preprocess_s"] += time.perf_counter() - t0
+                read_ahead.wait(lambda: bool(output_errors))
             for f in futures:
                 f.result()
             if output_errors:

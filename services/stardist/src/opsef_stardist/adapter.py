@@ -27,6 +27,7 @@ from opsef_protocol.adapter import (
 )
 from opsef_protocol.errors import InvalidArgument, OutOfMemory, WeightsUnavailable
 from opsef_protocol.manifest import ModelManifest
+from opsef_protocol.tf_runtime import configure_tensorflow
 
 __all__ = ["StarDistAdapter", "auto_n_tiles"]
 
@@ -71,36 +72,18 @@ class StarDistAdapter(Adapter):
     # -- framework -----------------------------------------------------------
     @classmethod
     def runtime_info(cls, runtime: RuntimeOptions) -> RuntimeInfo:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        device = "cpu"
-        if runtime.device.startswith("cuda") and not gpus:
-            raise ValueError(f"--device {runtime.device}: TensorFlow sees no GPU (CPU-only build or no driver); use --device cpu or auto")
-        if runtime.device == "cpu" or not gpus:
-            if gpus:
-                tf.config.set_visible_devices([], "GPU")
-        else:
-            index = int(runtime.device.split(":")[1]) if ":" in runtime.device else 0
-            if index >= len(gpus):
-                raise ValueError(f"--device {runtime.device}: TensorFlow sees only {len(gpus)} GPU(s)")
-            tf.config.set_visible_devices(gpus[index], "GPU")
-            tf.config.experimental.set_memory_growth(gpus[index], True)
-            device = f"cuda:{index}"
-        if runtime.threads > 0:
-            tf.config.threading.set_intra_op_parallelism_threads(runtime.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, runtime.threads))
+        dev = configure_tensorflow(runtime)
         import csbdeep
         import stardist
+        import tensorflow as tf
 
         return RuntimeInfo(
             framework="tensorflow",
             framework_version=tf.__version__,
-            device=device,
-            devices_available=("cpu",) + tuple(f"cuda:{i}" for i in range(len(gpus))),
+            device=dev.name,
+            devices_available=dev.available,
             library_versions={"tensorflow": tf.__version__, "stardist": stardist.__version__, "csbdeep": csbdeep.__version__},
-            cpu_threads=runtime.threads,
+            cpu_threads=int(runtime.threads or tf.config.threading.get_intra_op_parallelism_threads()),
         )
 
     @classmethod

@@ -33,6 +33,7 @@ import numpy as np
 from opsef_protocol.adapter import Adapter, RuntimeInfo, RuntimeOptions
 from opsef_protocol.errors import InvalidArgument, OutOfMemory, WeightsUnavailable
 from opsef_protocol.manifest import ModelManifest
+from opsef_protocol.tf_runtime import configure_tensorflow
 from opsef_unet import __version__
 from opsef_unet.config import CONFIG_FILE, ConfigError, NetworkConfig, load_config
 from opsef_unet.objects import SEED_MODES
@@ -45,31 +46,6 @@ logger = logging.getLogger(__name__)
 #: File endings of Keras weight files the adapter loads.
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 _COLOR_MODES = ("mean",)
-
-
-def _parse_device(device: str) -> tuple[str, int]:
-    """``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` -> (kind, index)."""
-    d = (device or "auto").strip().lower()
-    if d in ("auto", "cpu"):
-        return d, 0
-    if d in ("cuda", "gpu"):
-        return "cuda", 0
-    for prefix in ("cuda:", "gpu:"):
-        if d.startswith(prefix) and d[len(prefix):].isdigit():
-            return "cuda", int(d[len(prefix):])
-    raise InvalidArgument(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
-
-
-def _gpu_total_mb(index: int) -> int | None:
-    """Total memory of GPU ``index`` in MiB from nvidia-smi, or None."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", str(index)],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(float(out.strip().splitlines()[0]))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
 
 
 class UNetAdapter(Adapter):
@@ -98,44 +74,10 @@ class UNetAdapter(Adapter):
         InvalidArgument
             If ``runtime.device`` is malformed or names a GPU TensorFlow does not see.
         """
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        dev = configure_tensorflow(runtime)
         import tensorflow as tf
 
-        kind, index = _parse_device(runtime.device)
-        gpus = tf.config.list_physical_devices("GPU")
-        available = ("cpu",) + tuple(f"cuda:{i}" for i in range(len(gpus)))
-        if kind == "cuda" and index >= len(gpus):
-            seen = ", ".join(available)
-            raise InvalidArgument(f"device {runtime.device!r} requested but TensorFlow sees only: {seen}")
-        use_gpu = kind == "cuda" or (kind == "auto" and bool(gpus))
-        try:
-            if use_gpu:
-                gpu = gpus[index]
-                tf.config.set_visible_devices([gpu], "GPU")
-                if runtime.memory_fraction > 0:
-                    total = _gpu_total_mb(index)
-                    if total:
-                        limit = int(total * runtime.memory_fraction)
-                        tf.config.set_logical_device_configuration(
-                            gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
-                        logger.info("GPU %d memory capped at %d MiB", index, limit)
-                    else:
-                        logger.warning("cannot read GPU %d memory size; memory_fraction ignored, using memory growth", index)
-                        tf.config.experimental.set_memory_growth(gpu, True)
-                else:
-                    tf.config.experimental.set_memory_growth(gpu, True)
-            elif gpus:
-                tf.config.set_visible_devices([], "GPU")
-        except RuntimeError as exc:  # TensorFlow already initialised (e.g. a second call in one process)
-            logger.debug("device configuration left as it was: %s", exc)
-        if runtime.threads > 0:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(runtime.threads)
-                tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, runtime.threads)))
-            except RuntimeError as exc:
-                logger.warning("cannot set TensorFlow threads to %d (already initialised): %s", runtime.threads, exc)
-        cls._tf_device = "/GPU:0" if use_gpu else "/CPU:0"
-        cls._device_name = f"cuda:{index}" if use_gpu else "cpu"
+        cls._tf_device, cls._device_name, available = dev.tf_device, dev.name, dev.available
         versions = {"tensorflow": tf.__version__, "opsef-unet": __version__}
         for mod, key in (("keras", "keras"), ("scipy", "scipy"), ("skimage", "scikit-image")):
             try:
