@@ -17,7 +17,7 @@ import copy
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
@@ -138,6 +138,41 @@ class TilingSpec(_Strict):
         return self
 
 
+class MaskFilesSpec(_Strict):
+    """User-provided mask images, matched to inputs by file stem."""
+
+    path: Path = Field(..., description="Folder of mask images (boolean, or integer classes 0..255; 0 = no class).")
+    pattern: str = Field("{stem}.tif", description="File name of an input's mask; {stem} is the input's stem.")
+
+
+class ClassifySpec(_Strict):
+    """Classes of objects from a mask: a user mask per input, or a mask made from a channel of the input."""
+
+    mask: Optional[MaskFilesSpec] = Field(None, description="User-provided mask images (give this or channel).")
+    channel: Optional[int] = Field(None, ge=0, description="Channel of the input file to make the mask from "
+                                                          "(filter, threshold x factor, morphology); give this or mask.")
+    filter: Literal["gaussian", "median", "none"] = Field("gaussian", description="Smoothing before the threshold.")
+    sigma: float = Field(1.0, ge=0, le=100, description="Gaussian sigma or median radius.")
+    method: Union[Literal["otsu", "li", "triangle", "yen", "mean", "isodata"], float] = Field(
+        "otsu", description="Automatic threshold method, or a fixed threshold value.")
+    factor: float = Field(1.0, gt=0, le=100, description="The threshold is multiplied by this (e.g. 1.2 = stricter).")
+    opening: int = Field(0, ge=0, le=50, description="Radius of a binary opening of the mask (0 = none).")
+    closing: int = Field(0, ge=0, le=50, description="Radius of a binary closing of the mask (0 = none).")
+    fill_holes: bool = Field(True, description="Fill holes in the mask.")
+    min_size: int = Field(0, ge=0, description="Remove mask components smaller than this (pixels).")
+    assign: Literal["overlap", "centroid"] = Field(
+        "overlap", description="overlap: the class covering most of the object (>= min_fraction); centroid: the "
+                               "mask at the object's centroid.")
+    min_fraction: float = Field(0.5, ge=0, le=1, description="Least covered fraction of an object (assign: overlap).")
+    names: dict[int, str] = Field(default_factory=dict, description="Class -> name, e.g. {0: negative, 1: positive}.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ClassifySpec":
+        if (self.mask is None) == (self.channel is None):
+            raise ValueError("give exactly one of 'mask' (user mask images) or 'channel' (a mask made from a channel)")
+        return self
+
+
 class PostprocessSpec(_Strict):
     """Measurements, filters and classification applied to every label image."""
 
@@ -145,7 +180,11 @@ class PostprocessSpec(_Strict):
     filters: dict[str, tuple[Optional[float], Optional[float]]] = Field(
         default_factory=dict, description="Property -> [min, max] (null = open); objects outside are removed.")
     intensity_image: str = Field("preprocessed", pattern="^(preprocessed|input)$",
-                                 description="Intensities measured on the preprocessed or the input image.")
+                                 description="Intensities measured on the preprocessed or the input image (as read, "
+                                             "all its channels; images whose shape differs from the labels are "
+                                             "measured without intensities).")
+    classify: Optional[ClassifySpec] = Field(None, description="Classes of objects by a mask (tables: class, "
+                                                               "class_name; images: classes/).")
 
 
 class OutputSpec(_Strict):
@@ -318,6 +357,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         spec.path = (base / spec.path).resolve() if not spec.path.is_absolute() else spec.path
     if cfg.ground_truth and not cfg.ground_truth.path.is_absolute():
         cfg.ground_truth.path = (base / cfg.ground_truth.path).resolve()
+    classify = cfg.postprocess.classify
+    if classify is not None and classify.mask is not None and not classify.mask.path.is_absolute():
+        classify.mask.path = (base / classify.mask.path).resolve()
     if not cfg.outputs.root.is_absolute():
         cfg.outputs.root = (base / cfg.outputs.root).resolve()
     return cfg
@@ -390,6 +432,13 @@ models:                              # SERVICE:MODEL, fixed parameters and a gri
 tiling: {tile_size: 2048, overlap: 128}
 postprocess:
   filters: {}                        # e.g. {area: [20, null], circularity: [0.5, null]}
+  # classify:                        # classes of objects by a mask (tables: class; images: classes/)
+  #   channel: 1                     # a mask from channel 1 of the input: filter, threshold x factor
+  #   method: otsu
+  #   factor: 1.0
+  #   # mask: {path: masks, pattern: "{stem}_mask.tif"}   # or the user's own mask images
+  #   assign: overlap                # or centroid
+  #   names: {0: negative, 1: positive}
 outputs:
   root: runs
   csv_dialect: default               # or european (; and ,)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from opsef_orchestrator.tables import write_table
 
 if TYPE_CHECKING:
     from opsef_orchestrator.config import RunConfig
-    from opsef_orchestrator.engine import Plan
+    from opsef_orchestrator.engine import ImageItem, Plan
 
 __all__ = ["finalize", "MONTAGE_MAX_IMAGES"]
 
@@ -93,37 +93,119 @@ def _preprocessed(run_dir: Path, e: dict[str, Any], digests: dict[Path, str]) ->
     return pre, digests[pre] or None
 
 
-def _measure(cfg: "RunConfig", run_dir: Path, ok: list[dict[str, Any]], store: ContentCache,
-             digests: dict[Path, str]) -> pd.DataFrame | None:
+def _input_digest(path: Path, digests: dict[Path, str]) -> str:
+    if path not in digests:
+        digests[path] = sha256_file(path) if path.is_file() else ""
+    return digests[path]
+
+
+def _intensity_source(cfg: "RunConfig", items: dict[str, "ImageItem"], run_dir: Path, e: dict[str, Any],
+                      digests: dict[Path, str]) -> tuple[Callable[[], np.ndarray] | None, str | None]:
+    """Loader and content digest of the image a job's intensities are measured on (``postprocess.intensity_image``)."""
+    if cfg.postprocess.intensity_image == "input" and e["stem"] in items:
+        item = items[e["stem"]]
+        read = cfg.inputs[item.input_index].read
+        digest = _input_digest(item.path, digests)
+        if not digest:
+            return None, None
+        return (lambda: read_image(item.path, **read.kwargs()).data), f"input:{digest}:{read.model_dump_json()}"
+    pre, pre_digest = _preprocessed(run_dir, e, digests)
+    return ((lambda: read_image(pre).data) if pre_digest else None), pre_digest
+
+
+def _mask_source(cfg: "RunConfig", items: dict[str, "ImageItem"], e: dict[str, Any],
+                 digests: dict[Path, str]) -> tuple[Callable[[], np.ndarray] | None, str | None]:
+    """Loader and content digest of the class mask of a job's image (``postprocess.classify``), or (None, None)."""
+    spec = cfg.postprocess.classify
+    item = items.get(e["stem"])
+    if spec is None or item is None:
+        return None, None
+    if spec.mask is not None:
+        path = spec.mask.path / spec.mask.pattern.format(stem=item.path.stem)
+        if not path.is_file():
+            logger.warning("postprocess.classify.mask: no mask %s for input %s; its objects get class 0", path, item.path)
+            return None, None
+        return (lambda: read_image(path).data), f"mask:{_input_digest(path, digests)}"
+    from opsef_orchestrator.classify import mask_from_channel
+
+    read = cfg.inputs[item.input_index].read.model_copy(update={"channel": spec.channel})
+    making = spec.model_dump(include={"filter", "sigma", "method", "factor", "opening", "closing", "fill_holes", "min_size"})
+
+    def load() -> np.ndarray:
+        img = read_image(item.path, **read.kwargs())
+        data = img.data[..., 0] if img.axes.endswith("C") else img.data
+        return mask_from_channel(data, **making)
+    return load, f"channel:{_input_digest(item.path, digests)}:{read.model_dump_json()}:{json.dumps(making, sort_keys=True)}"
+
+
+def _derived_labels(store: ContentCache, kind: str, key: str | None, dst: Path, labels: np.ndarray) -> None:
+    """Write a label image derived from a job's labels to ``dst``, through the cache when the job has a key."""
     from opsef_orchestrator.io import write_labels
+
+    if key:
+        write_labels(store.path(kind, key, ".tif"), labels)
+        link_or_copy(store.path(kind, key, ".tif"), dst)
+    else:
+        write_labels(dst, labels)
+
+
+def _measure(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, Any]], store: ContentCache,
+             digests: dict[Path, str]) -> pd.DataFrame | None:
+    from opsef_orchestrator.classify import add_classes, class_image
     from opsef_orchestrator.measure import measure_objects
     from opsef_orchestrator.postprocess import filter_objects
 
     filters = dict(cfg.postprocess.filters)
+    classify = cfg.postprocess.classify
+    items = {i.stem: i for i in plan.images}
+    mask_memo: dict[str, np.ndarray | None] = {}  # the class mask of the current image (jobs come image by image)
     tables = []
     for e in ok:
-        pre, pre_digest = _preprocessed(run_dir, e, digests)
-        key = _job_key(store, "measurements", e, pre_digest, filters)
+        load_intensity, intensity_digest = _intensity_source(cfg, items, run_dir, e, digests)
+        load_mask, mask_digest = _mask_source(cfg, items, e, digests)
+        key = _job_key(store, "measurements", e, intensity_digest, filters,
+                       classify.model_dump(mode="json") if classify else None, mask_digest)
         filtered = run_dir / "labels_filtered" / e["combination"] / f"{e['stem']}.tif"
+        classes = run_dir / "classes" / e["combination"] / f"{e['stem']}.tif"
         table = store.get_frame("measurements", key) if key else None
         if table is not None and filters and not store.link_out("labels_filtered", key, ".tif", filtered):
             table = None
+        if table is not None and load_mask is not None and not store.link_out("classes", key, ".tif", classes):
+            table = None
         if table is None:
             labels = read_image(run_dir / e["labels"]).data
-            intensity = None
-            if pre_digest:
-                img = read_image(pre)
-                if img.data.shape[: labels.ndim] == labels.shape:
-                    intensity = img.data
+            intensity = load_intensity() if load_intensity is not None else None
+            if intensity is not None and intensity.shape[: labels.ndim] != labels.shape:
+                logger.warning("%s: intensity image of shape %s does not match labels %s; measured without intensities",
+                               e["id"], intensity.shape, labels.shape)
+                intensity = None
             table = measure_objects(labels, intensity=intensity)
+            kept_labels = labels
             if filters:
-                labels, kept = filter_objects(labels, table, filters)
+                kept_labels, kept = filter_objects(labels, table, filters)
                 table = table.assign(kept=table["label"].isin(kept["label"]))
-                if key:
-                    write_labels(store.path("labels_filtered", key, ".tif"), labels)
-                    link_or_copy(store.path("labels_filtered", key, ".tif"), filtered)
-                else:
-                    write_labels(filtered, labels)
+                _derived_labels(store, "labels_filtered", key, filtered, kept_labels)
+            if classify is not None:
+                mask = None
+                if load_mask is not None:
+                    if e["stem"] not in mask_memo:
+                        mask_memo.clear()
+                        try:
+                            mask_memo[e["stem"]] = load_mask()
+                        except (OSError, ValueError) as exc:
+                            logger.warning("postprocess.classify: no mask for %s: %s", e["stem"], exc)
+                            mask_memo[e["stem"]] = None
+                    mask = mask_memo[e["stem"]]
+                if mask is not None and mask.shape != labels.shape:
+                    logger.warning("postprocess.classify: mask of %s has shape %s, labels %s; its objects get class 0",
+                                   e["stem"], mask.shape, labels.shape)
+                    mask = None
+                table = add_classes(table, labels, mask if mask is not None else np.zeros(labels.shape, bool),
+                                    by=classify.assign, min_fraction=classify.min_fraction,
+                                    class_names=classify.names or None)
+                if load_mask is not None:
+                    _derived_labels(store, "classes", key, classes,
+                                    class_image(kept_labels, table.set_index("label")["class"]))
             if key:
                 store.put_frame("measurements", key, table)
         tables.append(table.assign(image=e["stem"], pipeline=e["pipeline"], model=e["model"], combination=e["combination"]))
@@ -243,11 +325,13 @@ def _draw_plots(cfg: "RunConfig", table: pd.DataFrame, combo: str) -> dict[str, 
     size = "area" if "area" in table else "volume"
     shape = "circularity" if "circularity" in table else "sphericity"
     features = [c for c in (size, shape, "solidity", "equivalent_diameter", "major_axis_length", "minor_axis_length") if c in table]
+    colour = next((c for c in ("class_name", "class", "kept") if c in table), None)
     plots: dict[str, bytes] = {}
     figures = {
-        f"{size} x {shape} ({combo})": lambda: scatter_plot(table, size, shape, color_by="kept" if "kept" in table else None,
+        f"{size} x {shape} ({combo})": lambda: scatter_plot(table, size, shape, color_by=colour,
                                                             ranges=dict(cfg.postprocess.filters) or None),
-        f"PCA of {', '.join(features)} ({combo})": lambda: embedding_plot(table, features, "pca", n_clusters=3),
+        f"PCA of {', '.join(features)} ({combo})": lambda: embedding_plot(
+            table, features, "pca", **({"color_by": colour} if colour in ("class_name", "class") else {"n_clusters": 3})),
     }
     for name, make in figures.items():
         try:
@@ -269,7 +353,7 @@ def finalize(cfg: "RunConfig", plan: "Plan", run_dir: Path, entries: dict[str, d
     store = store if store is not None else ContentCache(cfg.outputs.root / ".cache")
     digests: dict[Path, str] = {}  # preprocessed image -> sha256, computed once per run
     board = _evaluate(cfg, plan, run_dir, ok, store)
-    objects = _measure(cfg, run_dir, ok, store, digests) if cfg.postprocess.measure and cfg.outputs.tables else None
+    objects = _measure(cfg, plan, run_dir, ok, store, digests) if cfg.postprocess.measure and cfg.outputs.tables else None
     if cfg.outputs.overlays or cfg.outputs.report:
         _pictures(cfg, plan, run_dir, ok, board, objects, store, digests)
     return board

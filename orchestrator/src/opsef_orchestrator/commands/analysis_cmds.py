@@ -240,6 +240,10 @@ def _export_run(run_dir: Path, out_dir: Path, combinations: tuple[str, ...], pix
     unknown = sorted(set(combinations) - set(available))
     if unknown:
         raise click.ClickException(f"{run_dir}: no combination(s) {unknown}; available: {', '.join(available)}")
+    objects = run_dir / "tables" / "objects.csv"
+    table = pd.read_csv(objects, sep=None, engine="python") if objects.is_file() else None
+    if table is not None and "class" not in table.columns:
+        table = None
     for combo in combinations:
         pipeline = combo.split("__", 1)[0]
         items = []
@@ -248,7 +252,11 @@ def _export_run(run_dir: Path, out_dir: Path, combinations: tuple[str, ...], pix
             if labels.ndim != 2:
                 raise click.ClickException(f"{lf}: only 2D label images can be exported to ROIs (shape {labels.shape})")
             pre = run_dir / "preprocessed" / pipeline / lf.name
-            items.append((lf.stem, _load_image(pre) if pre.is_file() else None, labels, None))
+            classes = None
+            if table is not None:  # postprocess.classify: the class becomes the ROI group
+                rows = table[(table["combination"] == combo) & (table["image"].astype(str) == lf.stem)]
+                classes = {int(k): int(v) for k, v in zip(rows["label"], rows["class"])}
+            items.append((lf.stem, _load_image(pre) if pre.is_file() else None, labels, classes))
         try:
             written = export_for_imagej(out_dir / combo, items, pixel_size=pixel_size, name=name, allow_32bit=allow_32bit)
         except ValueError as exc:
