@@ -108,8 +108,11 @@ def test_classes_from_a_second_channel(manager: ServiceManager, stardist, two_ch
 
 def test_classes_from_user_masks_by_centroid(manager: ServiceManager, stardist, two_channel: Path, tmp_path: Path) -> None:
     classify = {"mask": {"path": str(two_channel / "masks"), "pattern": "{stem}_mask.tif"}, "assign": "centroid"}
-    result = run(load_config(_config(tmp_path, two_channel, classify)), manager=manager)
-    table = pd.read_csv(result.run_dir / "tables" / "objects.csv")
+    p = _config(tmp_path, two_channel, classify)
+    result = run(load_config(p, ["outputs.parquet=true", "outputs.csv_dialect=european"]), manager=manager)
+    table = pd.read_parquet(result.run_dir / "tables" / "objects.parquet")
+    pd.testing.assert_frame_equal(table, pd.read_csv(result.run_dir / "tables" / "objects.csv", sep=";", decimal=","),
+                                  check_dtype=False)
     assert "class_name" not in table.columns and _agreement(result.run_dir, two_channel, table) >= 0.9
     assert "mean_intensity" in table.columns or "mean_ch0" in table.columns  # measured on the preprocessed image
 

@@ -195,6 +195,7 @@ class OutputSpec(_Strict):
     overlays: bool = Field(True, description="Write outline overlays and montages.")
     tables: bool = Field(True, description="Write per-object tables (CSV).")
     csv_dialect: str = Field("default", pattern="^(default|european)$", description="'european': ';' separator, ',' decimal.")
+    parquet: bool = Field(False, description="Also write every table as parquet beside its CSV (typed, fast to load).")
     report: bool = Field(True, description="Write the self-contained HTML report.")
 
 

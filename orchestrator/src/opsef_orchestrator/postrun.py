@@ -79,9 +79,9 @@ def _evaluate(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
         return None
     df = pd.DataFrame(rows)
     d = cfg.outputs.csv_dialect
-    write_table(df, run_dir / "tables" / "evaluation.csv", dialect=d)
+    write_table(df, run_dir / "tables" / "evaluation.csv", dialect=d, parquet=cfg.outputs.parquet)
     board = leaderboard(df, by=["combination", "pipeline", "model", "parameters"])
-    write_table(board, run_dir / "tables" / "leaderboard.csv", dialect=d)
+    write_table(board, run_dir / "tables" / "leaderboard.csv", dialect=d, parquet=cfg.outputs.parquet)
     return board
 
 
@@ -214,7 +214,7 @@ def _measure(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, A
     df = pd.concat(tables, ignore_index=True)
     first = ["image", "combination", "pipeline", "model", "label"]
     df = df[first + [c for c in df.columns if c not in first]]
-    write_table(df, run_dir / "tables" / "objects.csv", dialect=cfg.outputs.csv_dialect)
+    write_table(df, run_dir / "tables" / "objects.csv", dialect=cfg.outputs.csv_dialect, parquet=cfg.outputs.parquet)
     return df
 
 
@@ -271,7 +271,7 @@ def _pictures(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
             (run_dir / "montages").mkdir(exist_ok=True)
             (run_dir / "montages" / f"{stem}.png").write_bytes(png)
             montages[stem] = png
-    if stack:
+    if stack and cfg.outputs.overlays:
         write_overlay_stack(stack, run_dir / "overlays" / "overlays_stack.tif", slice_labels=names)
     plots = _plots(cfg, run_dir, objects, board, store)
     if cfg.outputs.report:
