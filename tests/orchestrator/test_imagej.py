@@ -78,9 +78,42 @@ def test_round_trip_random_and_overlap_order():
     assert set(np.unique(rois_to_labels([small, big], (12, 12)))) == {0, 2}
 
 
+def tricky_volume() -> np.ndarray:
+    """Objects spanning several slices, one on a single slice, one with a hole on one slice, empty slices."""
+    vol = np.zeros((6, 40, 40), np.uint16)
+    vol[1:4] = tricky_labels()
+    vol[2, 5:9, 20:24] = 9  # only on slice 3 (1-based)
+    vol[4, 30:38, 30:38] = 11
+    vol[4, 33, 33] = 0  # a hole
+    return vol
+
+
+def test_3d_round_trip_one_roi_per_object_and_slice(tmp_path):
+    vol = tricky_volume()
+    p = labels_to_roi_zip(vol, tmp_path / "vol.zip", classes={2: 4, 11: 1})
+    rois = ImagejRoi.fromfile(p)
+    per_slice = sum(len(np.unique(vol[z])) - 1 for z in range(vol.shape[0]))
+    assert len(rois) == per_slice
+    assert {r.position for r in rois} == {2, 3, 4, 5}
+    assert all(r.name == f"{int(r.name[:4]):04d}-z{r.position:04d}" for r in rois)
+    back, classes = roi_zip_to_labels(p, vol.shape, return_classes=True)
+    assert back.dtype == np.uint16 and np.array_equal(back, vol)
+    assert classes[2] == 4 and classes[11] == 1 and classes[9] == 0
+
+
+def test_3d_export_for_fiji_but_not_annotatorj(tmp_path):
+    vol = tricky_volume()
+    img = (vol > 0).astype(np.uint8) * 200
+    written = export_for_imagej(tmp_path, [("vol", img, vol, {2: 1})])
+    assert tifffile.imread(written["labels"][0]).shape == vol.shape
+    assert np.array_equal(roi_zip_to_labels(written["rois"][0], vol.shape), vol)
+    assert not written["pairs"]  # AnnotatorJ annotates 2D images only
+    assert not (tmp_path / "12_TmpRoisFromFiji").exists()
+
+
 def test_errors_and_3d():
-    with pytest.raises(ValueError, match="2D"):
-        labels_to_roi_zip(np.zeros((2, 4, 4), int), "x.zip")
+    with pytest.raises(ValueError, match="2D .*or 3D"):
+        labels_to_roi_zip(np.zeros((2, 2, 4, 4), int), "x.zip")
     with pytest.raises(ValueError, match="classes"):
         labels_to_rois(np.ones((3, 3), int), classes={1: 300})
     roi = ImagejRoi.frompoints([[1, 1], [4, 1], [4, 4], [1, 4]], name="0003", z=1)
@@ -254,3 +287,34 @@ run("Quit");
     assert np.array_equal(tifffile.imread(tmp_path / "ij_fill.tif"), lab)
     assert "realcount=117" in out
     assert np.array_equal(tifffile.imread(tmp_path / "ij_real.tif"), roi_zip_to_labels(real, (512, 512)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _imagej_available(), reason="Debian imagej / xvfb-run not installed")
+def test_imagej_opens_our_3d_export(tmp_path):
+    """ImageJ puts each ROI of a 3D export on its slice: its own fill of our ROIs equals our label volume."""
+    vol = tricky_volume()
+    labels_to_roi_zip(vol, tmp_path / "vol.zip")
+    write_label_tiff(vol, tmp_path / "vol_labels.tif")
+    z, h, w = vol.shape
+    macro = f"""
+open("{tmp_path}/vol_labels.tif");
+print("slices=" + nSlices);
+close();
+newImage("fill", "16-bit black", {w}, {h}, {z});
+roiManager("Open", "{tmp_path}/vol.zip");
+n = roiManager("count");
+print("count=" + n);
+for (i = 0; i < n; i++) {{
+  roiManager("select", i);
+  setColor(parseInt(substring(Roi.getName, 0, 4)));
+  fill();
+}}
+run("Select None");
+saveAs("Tiff", "{tmp_path}/ij_fill3d.tif");
+run("Quit");
+"""
+    out = _run_macro(macro, tmp_path)
+    n = sum(len(np.unique(vol[k])) - 1 for k in range(z))
+    assert f"slices={z}" in out and f"count={n}" in out, out
+    assert np.array_equal(tifffile.imread(tmp_path / "ij_fill3d.tif"), vol)

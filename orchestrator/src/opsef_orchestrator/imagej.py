@@ -7,14 +7,17 @@ Export
     fragments. ROI names are the label ids, zero-padded (``"0042"``, the
     convention of AnnotatorJ's OpSeF import), so they map back to label ids;
     the object's class is the ROI *group* (1..255; class 0 = no group) and sets
-    the stroke colour.
+    the stroke colour. A 3D label image (ZYX) gives one ROI per object and
+    slice, with the slice as the ROI's position (Fiji selects that slice) and
+    names ``"0042-z0007"`` (label 42 on slice 7, 1-based as in ImageJ).
 Import
     :func:`roi_zip_to_labels` rasterises ROIs (polygon, freehand, traced,
     rectangle, oval, composite) with ImageJ's rule: a pixel belongs to a ROI
     when its centre lies inside (even-odd rule for composite shapes). ROIs are
     painted in file order, a later ROI overwriting an earlier one where they
     overlap (so a ROI lying inside a later, larger ROI disappears). Labels are
-    the ROI names when all names are distinct integers, else 1..n in file order.
+    the ROI names when all names are distinct integers (or, for slices of 3D
+    objects, ``"<label>-z<slice>"`` with distinct pairs), else 1..n in file order.
     Line and point ROIs are skipped with a warning.
 
 Examples
@@ -149,10 +152,10 @@ def label_outlines(labels: np.ndarray) -> dict[int, list[np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- export
-def _check_labels_2d(labels: np.ndarray) -> np.ndarray:
+def _check_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2D label image, got shape {labels.shape}")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be a 2D (YX) or 3D (ZYX) label image, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integer, got dtype {labels.dtype}")
     if labels.size and labels.min() < 0:
@@ -161,54 +164,71 @@ def _check_labels_2d(labels: np.ndarray) -> np.ndarray:
 
 
 def labels_to_rois(labels: np.ndarray, classes: Mapping[int, int] | None = None, name_width: int = 4) -> list:
-    """One :class:`roifile.ImagejRoi` per object (see the module notes).
+    """One :class:`roifile.ImagejRoi` per object, or per object and slice of a 3D image (see the module notes).
 
     Parameters
     ----------
-    labels : ndarray of int, 2D
+    labels : ndarray of int, 2D (YX) or 3D (ZYX)
     classes : mapping label -> class (0..255), optional
         Stored as the ROI group (class 0 = no group) and stroke colour.
     name_width : int
         Zero padding of the ROI names (label ids).
-    """
-    from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
 
-    labels = _check_labels_2d(labels)
+    Examples
+    --------
+    >>> import numpy as np
+    >>> vol = np.zeros((3, 6, 6), np.uint16); vol[1:3, 1:4, 1:4] = 5
+    >>> [(r.name, r.position) for r in labels_to_rois(vol)]
+    [('0005-z0002', 2), ('0005-z0003', 3)]
+    """
+    labels = _check_labels(labels)
     classes = dict(classes or {})
     for lab, c in classes.items():
         if not 0 <= int(c) <= 255:
             raise ValueError(f"classes[{lab}] = {c}: ImageJ ROI groups must be in 0..255")
+    if labels.ndim == 2:
+        return [_outline_roi(loops, f"{lab:0{name_width}d}", int(classes.get(lab, 0)))
+                for lab, loops in label_outlines(labels).items()]
     rois = []
-    for lab, loops in label_outlines(labels).items():
-        c = int(classes.get(lab, 0))
-        allpts = np.concatenate(loops)
-        x0, y0 = allpts.min(axis=0)
-        x1, y1 = allpts.max(axis=0)
-        if len(loops) == 1:
-            roi = ImagejRoi()
-            roi.roitype = ROI_TYPE.TRACED
-            pts = loops[0]
-            roi.integer_coordinates = (pts - [x0, y0]).astype(np.int32)
-            roi.n_coordinates = len(pts)
-        else:
-            roi = ImagejRoi()
-            roi.roitype = ROI_TYPE.RECT
-            path: list[float] = []
-            for lp in loops:
-                path += [0.0, float(lp[0, 0]), float(lp[0, 1])]
-                for x, y in lp[1:]:
-                    path += [1.0, float(x), float(y)]
-                path.append(4.0)
-            roi.multi_coordinates = np.asarray(path, np.float32)
-            roi.shape_roi_size = len(path)
-        roi.version = 228
-        roi.left, roi.top, roi.right, roi.bottom = int(x0), int(y0), int(x1), int(y1)
-        roi.name = f"{lab:0{name_width}d}"
-        roi.group = c
-        roi.options = ROI_OPTIONS(0)
-        roi.stroke_color = _argb(_CLASS_COLOURS[c % len(_CLASS_COLOURS)]) if c else _argb(_CLASS_COLOURS[0])
-        rois.append(roi)
+    for z in range(labels.shape[0]):
+        for lab, loops in label_outlines(labels[z]).items():
+            roi = _outline_roi(loops, f"{lab:0{name_width}d}-z{z + 1:04d}", int(classes.get(lab, 0)))
+            roi.position = z + 1
+            rois.append(roi)
     return rois
+
+
+def _outline_roi(loops: list[np.ndarray], name: str, c: int):
+    """A traced polygon ROI of one outline, or a composite ROI of several (holes, fragments)."""
+    from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
+
+    allpts = np.concatenate(loops)
+    x0, y0 = allpts.min(axis=0)
+    x1, y1 = allpts.max(axis=0)
+    if len(loops) == 1:
+        roi = ImagejRoi()
+        roi.roitype = ROI_TYPE.TRACED
+        pts = loops[0]
+        roi.integer_coordinates = (pts - [x0, y0]).astype(np.int32)
+        roi.n_coordinates = len(pts)
+    else:
+        roi = ImagejRoi()
+        roi.roitype = ROI_TYPE.RECT
+        path: list[float] = []
+        for lp in loops:
+            path += [0.0, float(lp[0, 0]), float(lp[0, 1])]
+            for x, y in lp[1:]:
+                path += [1.0, float(x), float(y)]
+            path.append(4.0)
+        roi.multi_coordinates = np.asarray(path, np.float32)
+        roi.shape_roi_size = len(path)
+    roi.version = 228
+    roi.left, roi.top, roi.right, roi.bottom = int(x0), int(y0), int(x1), int(y1)
+    roi.name = name
+    roi.group = c
+    roi.options = ROI_OPTIONS(0)
+    roi.stroke_color = _argb(_CLASS_COLOURS[c % len(_CLASS_COLOURS)]) if c else _argb(_CLASS_COLOURS[0])
+    return roi
 
 
 def labels_to_roi_zip(
@@ -218,7 +238,7 @@ def labels_to_roi_zip(
 
     Parameters
     ----------
-    labels : ndarray of int, 2D
+    labels : ndarray of int, 2D (YX) or 3D (ZYX: one ROI per object and slice)
     path : path
         The ``.zip`` to write (atomically; replaced if it exists).
     classes : mapping label -> class, optional
@@ -348,7 +368,8 @@ def rois_to_labels(
         raise ValueError(f"shape must be 2D or 3D and non-empty, got {shape}")
     names = [r.name for r in rois]
     numeric = all(re.fullmatch(r"\d+", n or "") for n in names) and len(set(names)) == len(names)
-    ids = [int(n) for n in names] if numeric and rois else list(range(1, len(rois) + 1))
+    sliced = all(re.fullmatch(r"\d+-z\d+", n or "") for n in names) and len(set(names)) == len(names)
+    ids = [int(n.split("-z")[0]) for n in names] if (numeric or sliced) and rois else list(range(1, len(rois) + 1))
     if numeric and rois and len(set(ids)) != len(ids):
         ids = list(range(1, len(rois) + 1))
     maxid = max(ids, default=0)
@@ -575,7 +596,7 @@ def export_for_imagej(
     written: dict[str, list[Path]] = {"images": [], "labels": [], "rois": [], "pairs": []}
     pairs = []
     for stem, image, labels, classes in items:
-        labels = _check_labels_2d(labels)
+        labels = _check_labels(labels)
         if image is not None:
             img_rel = f"images/{stem}.tif"
             written["images"].append(write_image_tiff(image, out / img_rel, pixel_size))
@@ -595,6 +616,9 @@ def export_for_imagej(
                 write_label_tiff(np.where(cimg == c, labels, 0), out / rel, pixel_size, allow_32bit)
                 class_rels.append(rel)
         written["rois"].append(labels_to_roi_zip(labels, out / "rois" / f"{stem}_RoiSet.zip", classes))
+        if labels.ndim == 3:  # AnnotatorJ annotates 2D images: volumes go to Fiji only
+            logger.info("%s: a volume; ROIs per slice for Fiji, not in AnnotatorJ's pair list", stem)
+            continue
         first_mask = class_rels[0] if class_rels else mask_rel
         aj_name = Path(first_mask).stem + "_ROIs.zip"
         labels_to_roi_zip(labels, out / "12_TmpRoisFromFiji" / aj_name, classes)

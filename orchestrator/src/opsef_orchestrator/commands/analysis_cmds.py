@@ -202,8 +202,9 @@ def export_imagej(source: Path, out_dir: Path, images_dir: Path | None, pixel_si
     for lf in label_files:
         stem = _key(lf)
         labels = _read(lf)
-        if labels.ndim != 2:
-            raise click.ClickException(f"{lf}: only 2D label images can be exported to ROIs (shape {labels.shape})")
+        if labels.ndim not in (2, 3):
+            raise click.ClickException(f"{lf}: only 2D (YX) and 3D (ZYX) label images can be exported to ROIs "
+                                       f"(shape {labels.shape})")
         img_path = _find_image(stem, [d for d in (images_dir, source) if d is not None], set(label_files))
         image = _load_image(img_path) if img_path else None
         if image is None:
@@ -249,8 +250,9 @@ def _export_run(run_dir: Path, out_dir: Path, combinations: tuple[str, ...], pix
         items = []
         for lf in sorted((run_dir / "labels" / combo).glob("*.tif")):
             labels = _read(lf)
-            if labels.ndim != 2:
-                raise click.ClickException(f"{lf}: only 2D label images can be exported to ROIs (shape {labels.shape})")
+            if labels.ndim not in (2, 3):
+                raise click.ClickException(f"{lf}: only 2D (YX) and 3D (ZYX) label images can be exported to ROIs "
+                                           f"(shape {labels.shape})")
             pre = run_dir / "preprocessed" / pipeline / lf.name
             classes = None
             if table is not None:  # postprocess.classify: the class becomes the ROI group
@@ -345,6 +347,8 @@ def import_imagej(directory: Path, out_dir: Path | None, images_dir: Path | None
                     rois = ImagejRoi.fromfile(src)
                     rois = rois if isinstance(rois, list) else [rois]
                     shape = (max(r.bottom for r in rois) + 1, max(r.right for r in rois) + 1)
+                    slices = max((r.z_position or r.position or 0) for r in rois)
+                    shape = (slices, *shape) if slices else shape
                     logger.warning("%s: no image found; label image shape %s from the ROI extents", src, shape)
             try:
                 labels, classes = roi_zip_to_labels(src, shape, return_classes=True)
