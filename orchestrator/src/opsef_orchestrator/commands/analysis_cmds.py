@@ -185,8 +185,10 @@ def export_imagej(source: Path, out_dir: Path, images_dir: Path | None, pixel_si
     folder per combination) or a plain folder of *_labels.tif with images of the same name.
 
     Writes 16-bit label TIFFs, ImageJ ROI zips (ROI names = label ids, class = ROI group) and the
-    FilePairList that AnnotatorJ's "Import OpSeF" reads. Classes are taken from a table
-    <stem>_objects.csv (columns label, class) beside the labels when present.
+    FilePairList that AnnotatorJ's "Import OpSeF" reads. Classes are taken from the run's
+    tables/objects.csv (postprocess.classify), or from a table <stem>_objects.csv (columns label,
+    class) beside plain label images. Label volumes (ZYX) give one ROI per object and slice (named
+    <label>-z<slice>, on that slice); AnnotatorJ's pair list has 2D images only.
     """
     import pandas as pd
 
