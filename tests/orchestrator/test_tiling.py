@@ -1,10 +1,15 @@
 """Tiling: grids, image stitching, label stitching that merges objects across tile borders."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.measure import label as cc_label
 
+from opsef_orchestrator.evaluation import match_labels
+from opsef_orchestrator.synthetic import synthetic_nuclei, synthetic_nuclei_3d
 from opsef_orchestrator.tiling import Tile, iter_tiles, stitch_image, stitch_labels, tile_grid, tile_starts
 from tests.utils import random_disk_labels
 
@@ -151,3 +156,141 @@ def test_stitch_labels_many_tiles_is_fast():
     st = stitch_labels(iter_tiles(lab, tiles), lab.shape)
     assert time.perf_counter() - t0 < 10
     assert len(tiles) > 200 and _same_partition(lab, st)
+
+
+# ---------------------------------------------------------------- tiles that segment an object differently
+def _two_tiles() -> list[Tile]:
+    """Two tiles along x of a 20 x 100 image: reads [0, 60) and [40, 100), core border at x = 50."""
+    tiles = tile_grid((20, 100), (20, 60), (0, 20))
+    assert [(t.read[1].start, t.read[1].stop, t.core[1].start) for t in tiles] == [(0, 60, 0), (40, 100, 50)]
+    return tiles
+
+
+def _in_tile(tile: Tile, lab: np.ndarray) -> np.ndarray:
+    return lab[tile.read]
+
+
+def test_stitch_labels_object_seen_differently_by_two_tiles_stays_whole():
+    """One nucleus across the core border: the tiles' versions overlap by IoU 3/7 < 0.5 in the shared zone
+    (the old IoU merge cut it in two at x = 50); it comes out whole, as the first owner's version."""
+    a, b = np.zeros((20, 100), np.int32), np.zeros((20, 100), np.int32)
+    a[5:15, 43:53] = 4  # the left tile's version
+    b[5:15, 47:59] = 9  # the right tile's version (shifted by 4 px, 2 px wider)
+    tiles = _two_tiles()
+    for order in (tiles, tiles[::-1]):
+        st = stitch_labels([(t, _in_tile(t, a if t is tiles[0] else b)) for t in order], (20, 100))
+        assert st.max() == 1
+        assert np.array_equal(st > 0, a > 0) or np.array_equal(st > 0, b > 0)
+
+
+def test_stitch_labels_touching_objects_stay_distinct_when_tiles_disagree():
+    """Two touching nuclei across the core border stay two, whichever tile predicts them how."""
+    tiles = _two_tiles()
+    # the left tile sees them as one blob (owned by the right tile: its centre is right of x = 50),
+    # the right tile sees two touching objects
+    blob, two = np.zeros((20, 100), np.int32), np.zeros((20, 100), np.int32)
+    blob[5:15, 44:58] = 1
+    two[5:15, 44:50], two[5:15, 50:58] = 1, 2
+    for order in (tiles, tiles[::-1]):
+        st = stitch_labels([(t, _in_tile(t, blob if t is tiles[0] else two)) for t in order], (20, 100))
+        assert _same_partition(st, two)
+    # the other way round: the left tile sees two, the right tile one blob (owned by the right tile)
+    two[...], blob[...] = 0, 0
+    two[5:15, 42:50], two[5:15, 50:58] = 1, 2
+    blob[5:15, 42:59] = 1
+    for order in (tiles, tiles[::-1]):
+        st = stitch_labels([(t, _in_tile(t, two if t is tiles[0] else blob)) for t in order], (20, 100))
+        assert st.max() == 2
+    # both tiles see two touching objects, with the boundary between them at a different place
+    left, right = np.zeros((20, 100), np.int32), np.zeros((20, 100), np.int32)
+    left[5:15, 42:48], left[5:15, 48:57] = 1, 2
+    right[5:15, 42:52], right[5:15, 52:57] = 3, 4
+    for order in (tiles, tiles[::-1]):
+        st = stitch_labels([(t, _in_tile(t, left if t is tiles[0] else right)) for t in order], (20, 100))
+        assert st.max() == 2
+        for obj in (st == 1, st == 2):  # each object is one tile's version of one nucleus
+            assert any(np.array_equal(obj, v) for v in (left == 1, left == 2, right == 3, right == 4))
+
+
+@pytest.mark.parametrize("other", [False, True])
+def test_stitch_labels_owner_that_sees_nothing_wins_over_a_neighbours_margin(other):
+    """An object that a tile sees whole in its overlap margin, where the tile owning that part sees nothing,
+    is not added (the owner has the context); objects the owner sees are kept."""
+    tiles = _two_tiles()
+    left, right = np.zeros((20, 100), np.int32), np.zeros((20, 100), np.int32)
+    left[5:15, 52:57] = 1  # in the left tile's margin, inside the right tile's core
+    if other:
+        right[5:15, 70:80] = 2
+    for order in (tiles, tiles[::-1]):
+        st = stitch_labels([(t, _in_tile(t, left if t is tiles[0] else right)) for t in order], (20, 100))
+        assert _same_partition(st, right)
+
+
+def _shift(a: np.ndarray, s: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros_like(a)
+    out[tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(s, a.shape))] = \
+        a[tuple(slice(max(0, -k), n + min(0, -k)) for k, n in zip(s, a.shape))]
+    return out
+
+
+def _tile_dependent(labels: np.ndarray, tiles: list[Tile]):
+    """Per-tile segmentations that differ where tiles overlap, as a model's do near tile edges: each tile sees
+    the objects shifted by one pixel (direction by the parity of its grid index), and grown by one pixel into
+    the background in every other tile."""
+    for t in tiles:
+        lab = _shift(labels, tuple(1 if i % 2 else -1 for i in t.index))
+        if sum(t.index) % 2:
+            dist, idx = ndimage.distance_transform_edt(lab == 0, return_indices=True)
+            lab = np.where(dist <= 1, lab[tuple(idx)], 0)
+        yield t, lab[t.read]
+
+
+def _one_to_one(truth: np.ndarray, st: np.ndarray) -> bool:
+    """Whether each stitched object lies mostly on a different true object, and every true object has one."""
+    m = (st > 0) & (truth > 0)
+    n = int(truth.max()) + 1
+    pairs, counts = np.unique(st[m].astype(np.int64) * n + truth[m], return_counts=True)
+    s_ids, t_ids = pairs // n, pairs % n
+    order = np.lexsort((-counts, s_ids))
+    first = np.unique(s_ids[order], return_index=True)[1]
+    return len(first) == int(st.max()) and sorted(t_ids[order][first].tolist()) == list(range(1, n))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_stitch_labels_tiles_that_disagree_give_the_untiled_objects_2d(reverse, caplog):
+    _, truth = synthetic_nuclei((300, 320), n=80, radius=(5, 9), seed=3)  # at most 19 px < overlap 24
+    tiles = tile_grid(truth.shape, (96, 96), 24)
+    parts = list(_tile_dependent(truth, tiles))
+    with caplog.at_level(logging.WARNING, logger="opsef_orchestrator.tiling"):
+        st = stitch_labels(parts[::-1] if reverse else parts, truth.shape)
+    assert st.max() == truth.max() == 80  # the old IoU merge: 86 (objects cut at core borders)
+    assert _one_to_one(truth, st)
+    assert match_labels(truth, st, 0.5).f1 == 1.0
+    assert not caplog.records  # every object was seen whole by a tile
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_stitch_labels_tiles_that_disagree_give_the_untiled_objects_3d_tiled_in_z(reverse, caplog):
+    _, truth = synthetic_nuclei_3d((48, 96, 96), n=30, radius=(3, 5), seed=1)
+    tiles = tile_grid(truth.shape, (32, 48, 48), 16)
+    assert len({t.index[0] for t in tiles}) == 2
+    parts = list(_tile_dependent(truth, tiles))
+    with caplog.at_level(logging.WARNING, logger="opsef_orchestrator.tiling"):
+        st = stitch_labels(parts[::-1] if reverse else parts, truth.shape)
+    assert st.max() == truth.max() == 30  # the old IoU merge: 45
+    assert _one_to_one(truth, st)
+    assert not caplog.records
+
+
+def test_stitch_labels_warns_about_objects_larger_than_the_overlap(caplog):
+    lab = np.zeros((40, 80), np.int32)
+    lab[10:30, 20:60] = 1  # 40 px wide, overlap 16
+    lab[2:6, 36:44] = 2  # small, across the core border at x = 40
+    tiles = tile_grid(lab.shape, (40, 48), 16)
+    with caplog.at_level(logging.WARNING, logger="opsef_orchestrator.tiling"):
+        st = stitch_labels(iter_tiles(lab, tiles), lab.shape)
+    assert _same_partition(lab, st)  # still joined by the IoU fallback here
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert msg.startswith("1 of 2 objects") and "largest extent (20, 40) px, tile overlap (None, 16) px" in msg
+    assert "overlap larger than the largest object" in msg

@@ -177,8 +177,11 @@ def test_tiled_equals_untiled_across_borders(manager: ServiceManager, stardist, 
     (untiled, n1), (tiled, n2) = results["untiled"], results["tiled"]
     assert n1 == 1 and n2 >= 4
     m = match_labels(untiled, tiled, 0.5)
-    assert m.f1 > 0.97, m  # objects across tile borders are merged, not cut or duplicated
-    assert abs(m.n_pred - m.n_true) <= 2
+    assert m.f1 > 0.97, m
+    # objects across tile borders are one object: none cut in two (a split), none glued to another (a merge), none
+    # duplicated (a false positive); a few nuclei at the image's edge may be missed by the model in a tile (its
+    # percentile normalisation sees less of the image)
+    assert m.splits == 0 and m.merges == 0 and m.fp <= 1 and m.fn <= 3, m
     assert match_labels(gt, tiled, 0.5).f1 > 0.8
     assert not list((tmp_path / "runs" / ".cache").glob("scratch/*"))  # the on-disk stitching buffer is gone
 
