@@ -295,20 +295,45 @@ def self_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-                 log: Path | None = None) -> dict[str, Any]:
-    """Run a command to completion; its wall time, CPU time and peak RSS (``wait4`` on that child alone)."""
+                 log: Path | None = None, poll_s: float = 0.01) -> dict[str, Any]:
+    """Run a command to completion; its wall time, CPU time and peak RSS.
+
+    The peak RSS is the child's own ``VmHWM``, read every ``poll_s`` until it
+    exits (a peak in its last ``poll_s`` can be missed): ``wait4``'s
+    ``ru_maxrss`` is no use here, as Linux records the peak RSS of the memory
+    that ``exec`` replaces, and a ``vfork``/``posix_spawn`` child (what
+    ``subprocess`` uses) execs from the parent's memory, so it reported this
+    benchmark process's own peak (generating a large test image) as the child's.
+    """
     t0 = time.perf_counter()
     out = open(log, "w") if log else subprocess.DEVNULL
+    hwm_kb = 0
     try:
         proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, ru = os.wait4(proc.pid, 0)
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
+            time.sleep(poll_s)
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         if log:
             out.close()
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "peak_rss_mb": ru.ru_maxrss / 1024}
+            "peak_rss_mb": hwm_kb / 1024}
 
 
 # ---------------------------------------------------------------------------- services

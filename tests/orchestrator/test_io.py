@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +315,171 @@ def test_write_labels(tmp_path):
     write_labels(tmp_path / "z.tif", lab3)
     back = read_image(tmp_path / "z.tif")
     assert back.axes == "ZYX" and back.dtype == np.uint32 and int(back.data[1, 2, 1]) == 70000
+
+
+def _small_blocks(monkeypatch, block_bytes: int = 4096) -> None:
+    """Many blocks and strips per plane, so the streaming writer's block joins are exercised on small images."""
+    import opsef_orchestrator.io.writers as writers
+
+    monkeypatch.setattr(writers, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(writers, "STRIP_BYTES", 512)
+
+
+@pytest.mark.parametrize("shape, top, dtype", [
+    ((97, 131), 65535, np.uint16),      # the largest uint16 label stays uint16
+    ((97, 131), 65536, np.uint32),      # one more needs uint32
+    ((3, 41, 29), 70000, np.uint32),
+    ((2, 3, 17, 23), 900, np.uint16),
+    ((1, 1), 0, np.uint16),
+])
+def test_streamed_labels_equal_the_array(tmp_path, monkeypatch, shape, top, dtype):
+    _small_blocks(monkeypatch)
+    rng = np.random.default_rng(top)
+    lab = rng.integers(0, top + 1, size=shape, dtype=np.int64)
+    lab.flat[-1] = top
+    write_labels(tmp_path / "l.tif", lab, pixel_size=(2.0, 0.5, 0.25))
+    back = read_image(tmp_path / "l.tif")
+    assert back.dtype == dtype and back.axes == {2: "YX", 3: "ZYX", 4: "TZYX"}[lab.ndim]
+    assert np.array_equal(back.data, lab)
+    assert back.pixel_size == ((2.0 if dtype == np.uint16 else None), 0.5, 0.25)  # as write_image stores them
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:  # strips, never tiles (ImageJ 1.x reads no tiled TIFF)
+        page = tif.pages[0]
+        assert not page.is_tiled and page.compression == 8 and tif.is_imagej == (dtype == np.uint16)
+        assert len(page.dataoffsets) == -(-shape[-2] // page.rowsperstrip)
+
+
+def test_streamed_labels_from_a_memory_map(tmp_path, monkeypatch):
+    """A memory-mapped uint32 label image (the engine's stitched output) is written as it is read."""
+    _small_blocks(monkeypatch, 64 * 1024)
+    lab = np.lib.format.open_memmap(tmp_path / "scratch.npy", mode="w+", dtype=np.uint32, shape=(300, 257))
+    lab[:] = np.arange(lab.size, dtype=np.uint32).reshape(lab.shape) % 5000
+    write_labels(tmp_path / "small.tif", lab)
+    first = np.array(lab)
+    lab[-1, -1] = 123456
+    write_labels(tmp_path / "big.tif", lab)
+    small, big = read_image(tmp_path / "small.tif").data, read_image(tmp_path / "big.tif").data
+    assert small.dtype == np.uint16 and big.dtype == np.uint32
+    assert np.array_equal(big, lab) and np.array_equal(small, first)
+
+
+def test_streamed_labels_fail_atomically(tmp_path, monkeypatch):
+    """A failure in the middle of the stream leaves the previous file untouched and no temporary file."""
+    import opsef_orchestrator.io.writers as writers
+
+    _small_blocks(monkeypatch)
+    target = tmp_path / "l.tif"
+    old = np.ones((64, 64), np.uint16)
+    write_labels(target, old)
+    encode = writers._deflate()
+    calls = []
+
+    def failing(data):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return encode(data)
+
+    monkeypatch.setattr(writers, "_deflate", lambda: failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(target, np.full((64, 64), 2, np.uint16))
+    assert len(calls) == 5 and sorted(p.name for p in tmp_path.iterdir()) == ["l.tif"]
+    assert np.array_equal(read_image(target).data, old)
+    with pytest.raises(ValueError, match="negative"):
+        write_labels(tmp_path / "n.tif", np.array([[0, -1]]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif"]
+
+
+def _rss_file_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_release_pages_keeps_contents_and_frees_resident_memory(tmp_path):
+    from opsef_orchestrator.io.writers import max_label, release_pages
+
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.uint32, shape=(4096, 4096))  # 64 MiB
+    before = _rss_file_mb()
+    a[:] = 3
+    a[4095, 4095] = 70000
+    assert _rss_file_mb() - before > 48  # touched pages of a memory map are this process's resident memory
+    assert release_pages(a[:2048])  # a view: the pages under it
+    assert 16 < _rss_file_mb() - before < 48
+    assert release_pages(a)  # the map itself: all of it
+    assert _rss_file_mb() - before < 16
+    assert int(a[123, 456]) == 3 and int(a[4095, 4095]) == 70000  # written pages were kept
+    assert max_label(a) == 70000 and _rss_file_mb() - before < 32  # read block by block, released
+    del a
+    r = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert int(r[4095, 4095]) == 70000 and release_pages(r)
+    assert not release_pages(np.zeros(4))  # in memory: left alone
+    c = np.load(tmp_path / "a.npy", mmap_mode="c")  # copy-on-write: releasing would lose changes
+    c[0, 0] = 9
+    assert not release_pages(c) and int(c[0, 0]) == 9
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    pytest.skip(f"no {key} in /proc/self/status")
+
+
+def test_write_labels_of_a_memory_map_keeps_memory_bounded(tmp_path):
+    """64 MiB of memory-mapped uint32 labels written as uint16: the peak grows by a few blocks, not by the image
+    (reading it whole would add 64 MiB of mapped pages, converting it whole another 32 MiB)."""
+    from opsef_orchestrator.io.writers import release_pages
+
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.uint32, shape=(4096, 4096))
+    a[:] = 7
+    a[::64, ::64] = 60000
+    release_pages(a)
+    write_labels(tmp_path / "warm.tif", np.ones((2, 2), np.uint16))  # imports (tifffile, imagecodecs) done before
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset this process's peak RSS (VmHWM) to its current RSS
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here")
+    base = _status_mb("VmRSS")
+    write_labels(tmp_path / "l.tif", a)
+    grown = _status_mb("VmHWM") - base
+    assert grown < 48, f"peak RSS grew by {grown:.0f} MiB"
+    back = read_image(tmp_path / "l.tif", memmap=True).data
+    assert back.dtype == np.uint16 and int(back[64, 64]) == 60000 and int(back[65, 64]) == 7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("imagej") is None or shutil.which("xvfb-run") is None,
+                    reason="Debian imagej / xvfb-run not installed")
+def test_imagej_opens_streamed_labels(tmp_path, monkeypatch):
+    """Real ImageJ 1.x reads label TIFFs written in many strips and blocks (2D and a Z stack) pixel for pixel."""
+    _small_blocks(monkeypatch, 8192)
+    rng = np.random.default_rng(1)
+    lab = rng.integers(0, 65536, size=(150, 170), dtype=np.uint32)
+    lab[0, 0] = 65535
+    stack = rng.integers(0, 300, size=(3, 40, 50), dtype=np.uint16)
+    write_labels(tmp_path / "l2.tif", lab, pixel_size=(None, 0.5, 0.5))
+    write_labels(tmp_path / "l3.tif", stack, pixel_size=(2.0, 0.5, 0.5))
+    macro = f"""
+open("{tmp_path}/l2.tif");
+print("l2 bitdepth=" + bitDepth() + " size=" + getWidth() + "x" + getHeight());
+getPixelSize(unit, pw, ph);
+print("l2 pixel=" + pw);
+saveAs("Tiff", "{tmp_path}/ij2.tif");
+close();
+open("{tmp_path}/l3.tif");
+getVoxelSize(vw, vh, vd, u);
+print("l3 slices=" + nSlices + " depth=" + vd);
+saveAs("Tiff", "{tmp_path}/ij3.tif");
+run("Quit");
+"""
+    (tmp_path / "m.ijm").write_text(macro)
+    res = subprocess.run(["xvfb-run", "-a", "imagej", "-b", str(tmp_path / "m.ijm")], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert "l2 bitdepth=16 size=170x150" in out and "l2 pixel=0.5" in out and "l3 slices=3 depth=2" in out, out
+    assert np.array_equal(tifffile.imread(tmp_path / "ij2.tif"), lab)
+    assert np.array_equal(tifffile.imread(tmp_path / "ij3.tif"), stack)
 
 
 # ------------------------------------------------------------------ real data

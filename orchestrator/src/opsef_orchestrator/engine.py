@@ -53,6 +53,7 @@ from opsef_orchestrator.cache import ContentCache, link_or_copy
 from opsef_orchestrator.client import SegmentError, SegmenterClient
 from opsef_orchestrator.config import RunConfig
 from opsef_orchestrator.io import atomic_path, list_images, read_image, write_image, write_labels
+from opsef_orchestrator.io.writers import BLOCK_BYTES, max_label, release_pages
 from opsef_orchestrator.manager import ServiceManager
 from opsef_orchestrator.pipelines import Pipeline
 from opsef_orchestrator.segmentation import ModelRef, parse_model_ref, service_input
@@ -364,10 +365,42 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------- segmentation
+#: Tile requests of one job in flight at once: the next tiles are predicted while a result is stitched.
+TILES_IN_FLIGHT = 2
+
+
+class _PagedLabels(np.memmap):
+    """A shared memory map that hands its pages back to the page cache after every assignment.
+
+    :func:`~opsef_orchestrator.tiling.stitch_labels` zeroes the output, writes
+    each tile's core and renumbers tile by tile through ``out[...] = ...``;
+    releasing the pages after each assignment (a whole-array fill is done in
+    blocks of rows) keeps this process's resident memory at about a tile's
+    pages, not the image's (see :func:`~opsef_orchestrator.io.writers.release_pages`).
+    """
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key is Ellipsis and np.ndim(value) == 0 and self.ndim > 0 and self.shape[0] > 1:
+            step = max(1, BLOCK_BYTES // max(1, self.nbytes // self.shape[0]))
+            for i in range(0, self.shape[0], step):
+                super().__setitem__(slice(i, i + step), value)
+                release_pages(self[i:i + step])
+            return
+        super().__setitem__(key, value)
+        target = super().__getitem__(key)  # the pages written: a view for basic indexing, else all of this array
+        release_pages(target if isinstance(target, np.ndarray) and np.may_share_memory(target, self) else self)
+
+
 def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: str, params: dict[str, Any],
                    tile: int, overlap: int, z_tile: int, request_id: str,
                    scratch: Path | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Segment ``data`` whole, or tile by tile when larger than ``tile`` (stitched into a memory map at ``scratch``)."""
+    """Segment ``data`` whole, or tile by tile when larger than ``tile`` (stitched into a memory map at ``scratch``).
+
+    Tiles are requested :data:`TILES_IN_FLIGHT` at a time and stitched in
+    order. Pages of a memory-mapped ``data`` and of the stitched memory map are
+    released as the tiles go, so the resident memory is bounded by the tile
+    size, not the image size.
+    """
     spatial = data.shape[: len(axes.replace("C", ""))]
     timings = {"predict_s": 0.0, "requests": 0}
     ny, nx = spatial[-2:]
@@ -379,21 +412,38 @@ def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: 
     grid = tile_grid(spatial, tile_shape, ov)
     version = ""
 
-    def results() -> Iterator[tuple[Tile, np.ndarray]]:
+    def fetch(t: Tile) -> Any:
+        view = data[t.read]
+        part = np.ascontiguousarray(view)
+        release_pages(view)  # a memory-mapped input keeps its pages in the page cache, not in this process
+        return client.segment(part, axes, model, params, request_id=f"{request_id}@{t.index}")
+
+    def results(pool: cf.ThreadPoolExecutor) -> Iterator[tuple[Tile, np.ndarray]]:
         nonlocal version
-        for t in grid:
-            part = np.ascontiguousarray(data[t.read])
-            res = client.segment(part, axes, model, params, request_id=f"{request_id}@{t.index}")
-            timings["predict_s"] += res.timings["predict_s"]
-            timings["requests"] += 1
-            version = res.model_version
-            yield t, res.labels
+        pending = [pool.submit(fetch, t) for t in grid[:TILES_IN_FLIGHT]]
+        try:
+            for i, t in enumerate(grid):
+                res = pending.pop(0).result()
+                if i + TILES_IN_FLIGHT < len(grid):
+                    pending.append(pool.submit(fetch, grid[i + TILES_IN_FLIGHT]))
+                timings["predict_s"] += res.timings["predict_s"]
+                timings["requests"] += 1
+                version = res.model_version
+                yield t, res.labels
+        finally:  # failed (a tile, or the stitching): drop the requests not started yet
+            for f in pending:
+                f.cancel()
 
     out = None
     if scratch is not None:  # bounded memory: the stitched labels live on disk, not in RAM
         scratch.parent.mkdir(parents=True, exist_ok=True)
-        out = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint32, shape=tuple(spatial))
-    labels = stitch_labels(results(), spatial, out=out)
+        out = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint32, shape=tuple(spatial)).view(_PagedLabels)
+    with cf.ThreadPoolExecutor(TILES_IN_FLIGHT, thread_name_prefix=f"opsef-tiles-{request_id}") as pool:
+        tiles = results(pool)
+        try:
+            labels = stitch_labels(tiles, spatial, out=out)
+        finally:
+            tiles.close()
     timings["model_version"] = version
     return labels, timings
 
@@ -535,7 +585,7 @@ def run(
                 link_or_copy(cached, out)
                 finish(job, {**base, "status": "ok", "labels": str(out.relative_to(run_dir)), "seconds": round(time.perf_counter() - t0, 3),
                              "predict_s": round(timings["predict_s"], 3), "requests": timings["requests"],
-                             "objects": int(labels.max()) if labels.size else 0, "model_version": timings.get("model_version", ""),
+                             "objects": max_label(labels), "model_version": timings.get("model_version", ""),
                              "tile_size": tile, **({"cpu_fallback": fallback.target} if fallback is not None else {})})
             except SegmentError as exc:
                 finish(job, {**base, "status": "failed", "error": f"{exc.code.name}: {exc.details}", "seconds": round(time.perf_counter() - t0, 3)})
