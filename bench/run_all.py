@@ -73,6 +73,13 @@ def summary_rows(out: Path) -> list[dict[str, Any]]:
                              "value": r["wall_over_service_predict"], "target": "", "met": None})
             rows.append({"benchmark": "4 whole-slide", "measure": f"{r['case']}: objects cut by tiling ({r['border_objects']} at borders)",
                          "value": float(r["cut_by_tiling"]), "target": "0", "met": r["cut_by_tiling"] == 0})
+            if r.get("interior_split_rate"):  # a model that splits objects by itself: compare borders with interiors
+                rows.append({"benchmark": "4 whole-slide",
+                             "measure": f"{r['case']}: split rate of border objects / of interior objects (the model's own)",
+                             "value": r["border_split_rate"] / r["interior_split_rate"], "target": "<= 1",
+                             "met": r["border_split_rate"] <= r["interior_split_rate"]})
+            rows.append({"benchmark": "4 whole-slide", "measure": f"{r['case']}: orchestrator peak RSS (MiB)",
+                         "value": r["orchestrator_peak_rss_mb"], "target": "", "met": None})
         if w["growth"]:
             g, g0 = w["growth"][-1], w["growth"][0]["case"]
             t = g.get("time_per_pixel_x_machine_speed_corrected", g["time_per_pixel_x"])
