@@ -62,3 +62,20 @@ def test_guides_cover_the_analyst_topics():
                     "## Choosing models and scale factors", "## Working with the biologist", "## Deployment"]:
         assert heading in text, heading
     assert "../deploy/README.md" in text and (REPO / "deploy" / "README.md").is_file()
+
+
+def test_yaml_examples_of_the_user_guide_are_valid_run_configurations():
+    import re
+
+    import yaml
+
+    from opsef_orchestrator.config import RunConfig
+
+    text = (DOCS / "user-guide.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    base = {"name": "example", "inputs": [{"path": "images"}], "models": [{"model": "stardist:stardist_dsb2018_starter"}]}
+    for block in blocks:
+        data = yaml.safe_load(block)
+        assert set(data) <= set(RunConfig.model_fields), block
+        RunConfig.model_validate({**base, **data})
