@@ -65,8 +65,6 @@ def test_guides_cover_the_analyst_topics():
 
 
 def test_yaml_examples_of_the_user_guide_are_valid_run_configurations():
-    import re
-
     import yaml
 
     from opsef_orchestrator.config import RunConfig
