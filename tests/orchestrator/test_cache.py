@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opsef_orchestrator.cache import ContentCache, content_key, link_or_copy
+from opsef_orchestrator.cache import ContentCache, code_digest, content_key, link_or_copy
 
 
 @pytest.fixture()
@@ -97,3 +97,14 @@ def test_unwritable_cache_is_not_an_error(tmp_path: Path) -> None:
     k = store.key("t", 1)
     store.put_json("json", k, [1])  # logged, not raised: the run's own outputs are what matter
     assert store.get_json("json", k) is None
+
+
+def test_code_digest_changes_with_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "opsef_probe_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_digest("opsef_probe_module")
+    (tmp_path / "opsef_probe_module.py").write_text("VALUE = 2\n")
+    code_digest.cache_clear()
+    assert code_digest("opsef_probe_module") != before
+    with pytest.raises(ValueError, match="no module"):
+        code_digest("opsef_no_such_module")

@@ -42,4 +42,7 @@ def test_wait_returns_at_once_under_budget_and_after_release_over_it() -> None:
 def test_wait_stops_when_told() -> None:
     ra = _ReadAhead(budget_bytes=1)
     ra.hold(np.zeros(10, np.uint8), jobs=1)
-    ra.wait(lambda: True)  # e.g. the output disk is full: the reader stops waiting
+    waiter = threading.Thread(target=ra.wait, args=(lambda: True,), daemon=True)  # e.g. the output disk is full
+    waiter.start()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive(), "the reader kept waiting although told to stop"

@@ -87,12 +87,14 @@ def test_full_disk_stops_the_run_cleanly_and_resume_completes(small_disk: Path, 
     # free the space and resume: the run completes, nothing that was finished is computed again
     second_dir = next(d for d in root.iterdir() if d.is_dir() and d != first.run_dir and not d.name.startswith("."))
     journal = second_dir / "jobs.jsonl"
-    done_before = {json.loads(x)["id"] for x in journal.read_text().splitlines()} if journal.is_file() else set()
+    entries_before = [json.loads(x) for x in journal.read_text().splitlines()] if journal.is_file() else []
+    done_before = {e["id"] for e in entries_before if e["status"] == "ok"}
     filler.unlink()
     resumed = run(cfg, manager=manager, run_dir=second_dir)
     assert resumed.ok and len(resumed.record["jobs"]) == 16
     redone = {j["id"] for j in resumed.record["jobs"] if j["session"] == resumed.record["session"]}
-    assert not (redone & done_before)
+    assert not (redone & done_before), ([e for e in entries_before if e["id"] in redone],
+                                        [j for j in resumed.record["jobs"] if j["id"] in done_before & redone])
     assert _all_outputs_valid(second_dir) >= 16
     assert not _leftovers(small_disk)
 

@@ -30,9 +30,10 @@ def two_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(3):
         img, lab = synthetic_nuclei((192, 192), n=14, seed=40 + i)
         marker = np.where((lab % 2 == 1) & (lab > 0), 3000, 100).astype(np.uint16)
-        write_image(d / "images" / f"cells{i}.tif", np.stack([img, marker], axis=-1), "YXC")
-        write_labels(d / "truth" / f"cells{i}.tif", lab)
-        write_image(d / "masks" / f"cells{i}_mask.tif", (marker > 1000).astype(np.uint8), "YX")
+        stem = f"{i:03d}"  # numbers as names: tables must keep them as text ("000", not 0)
+        write_image(d / "images" / f"{stem}.tif", np.stack([img, marker], axis=-1), "YXC")
+        write_labels(d / "truth" / f"{stem}.tif", lab)
+        write_image(d / "masks" / f"{stem}_mask.tif", (marker > 1000).astype(np.uint8), "YX")
     return d
 
 
@@ -73,7 +74,7 @@ def test_classes_from_a_second_channel(manager: ServiceManager, stardist, two_ch
     classify = {"channel": 1, "method": "otsu", "names": {0: "negative", 1: "positive"}}
     result = run(load_config(_config(tmp_path, two_channel, classify, intensity_image="input")), manager=manager)
     assert result.ok
-    table = pd.read_csv(result.run_dir / "tables" / "objects.csv")
+    table = pd.read_csv(result.run_dir / "tables" / "objects.csv", dtype={"image": str})
     assert {"class", "class_name", "mean_ch0", "mean_ch1"} <= set(table.columns)  # input intensities: both channels
     assert set(table["class_name"]) == {"negative", "positive"}
     assert _agreement(result.run_dir, two_channel, table) >= 0.9
@@ -103,7 +104,14 @@ def test_classes_from_a_second_channel(manager: ServiceManager, stardist, two_ch
     again = run(load_config(tmp_path / "run.yaml"), manager=manager)
     assert not again.record["cache"]["misses"], again.record["cache"]
     assert (again.run_dir / "tables" / "objects.csv").read_bytes() == (result.run_dir / "tables" / "objects.csv").read_bytes()
-    assert (again.run_dir / "classes" / combo / "cells0.tif").read_bytes() == (result.run_dir / "classes" / combo / "cells0.tif").read_bytes()
+    assert (again.run_dir / "classes" / combo / "000.tif").read_bytes() == (result.run_dir / "classes" / combo / "000.tif").read_bytes()
+    # a changed classification recomputes the measurement tables, classes and plots, not the labels, overlays or montages
+    stricter = run(load_config(tmp_path / "run.yaml", ["postprocess.classify.factor=3.0"]), manager=manager)
+    assert stricter.record["counts"]["cached"] == 3
+    assert stricter.record["cache"]["misses"] == {"measurements": 3, "plots": 1}, stricter.record["cache"]  # coloured by class
+    assert stricter.record["cache"]["hits"]["overlays"] == 3
+    strict_table = pd.read_csv(stricter.run_dir / "tables" / "objects.csv", dtype={"image": str})
+    assert (strict_table["class"] == 1).sum() < (table["class"] == 1).sum()
 
 
 def test_classes_from_user_masks_by_centroid(manager: ServiceManager, stardist, two_channel: Path, tmp_path: Path) -> None:
@@ -111,7 +119,8 @@ def test_classes_from_user_masks_by_centroid(manager: ServiceManager, stardist, 
     p = _config(tmp_path, two_channel, classify)
     result = run(load_config(p, ["outputs.parquet=true", "outputs.csv_dialect=european"]), manager=manager)
     table = pd.read_parquet(result.run_dir / "tables" / "objects.parquet")
-    pd.testing.assert_frame_equal(table, pd.read_csv(result.run_dir / "tables" / "objects.csv", sep=";", decimal=","),
+    pd.testing.assert_frame_equal(table, pd.read_csv(result.run_dir / "tables" / "objects.csv", sep=";", decimal=",",
+                                              dtype={"image": str}),
                                   check_dtype=False)
     assert "class_name" not in table.columns and _agreement(result.run_dir, two_channel, table) >= 0.9
     assert "mean_intensity" in table.columns or "mean_ch0" in table.columns  # measured on the preprocessed image
@@ -121,9 +130,9 @@ def test_missing_user_mask_gives_class_0_and_the_run_goes_on(manager: ServiceMan
                                                               tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     classify = {"mask": {"path": str(two_channel / "masks"), "pattern": "{stem}_other.tif"}}
     result = run(load_config(_config(tmp_path, two_channel, classify)), manager=manager)
-    table = pd.read_csv(result.run_dir / "tables" / "objects.csv")
+    table = pd.read_csv(result.run_dir / "tables" / "objects.csv", dtype={"image": str})
     assert result.ok and (table["class"] == 0).all()
-    assert "cells0_other.tif" in caplog.text
+    assert "000_other.tif" in caplog.text
 
 
 @pytest.mark.parametrize("classify, message", [

@@ -4,9 +4,11 @@ The run engine keeps each job's labels here (``labels``), and each preprocessed
 image (``preprocessed``); the analysis after inference keeps per-job
 evaluation rows, measurement tables, filtered labels and overlays, and per
 image montages and plots. A key is the SHA-256 of a JSON description of
-everything the result depends on (input digests, configuration, the project's
-version and the kind of result), so a changed input, parameter or release
-never meets a stale entry, and re-running a finished run recomputes nothing.
+everything the result depends on (input digests, configuration, the kind of
+result, the project's version and a digest of the source of the code that
+makes it: :func:`code_digest`), so a changed input, parameter, release or
+algorithm never meets a stale entry, and re-running a finished run recomputes
+nothing.
 
 Entries are written atomically (temporary name, then rename) and never
 modified; a damaged entry (a kill during a copy, a full disk) is treated as
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -32,7 +36,12 @@ from opsef_orchestrator import __version__
 from opsef_orchestrator.io.writers import atomic_path
 from opsef_orchestrator.tables import atomic_write_bytes
 
-__all__ = ["ContentCache", "content_key", "link_or_copy"]
+__all__ = ["ContentCache", "code_digest", "content_key", "link_or_copy", "LABEL_MODULES"]
+
+#: Orchestrator modules whose code shapes a job's labels (reading, preprocessing, tiling and stitching): part of the
+#: labels' cache key, so that a change of any of them computes labels anew.
+LABEL_MODULES = ("opsef_orchestrator.io.readers", "opsef_orchestrator.pipelines", "opsef_orchestrator.preprocess",
+                 "opsef_orchestrator.reshape", "opsef_orchestrator.segmentation", "opsef_orchestrator.tiling")
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,36 @@ def content_key(*parts: Any) -> str:
     False
     """
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(*modules: str) -> str:
+    """SHA-256 (hex) of the source files of ``modules`` (default: every module of the orchestrator package).
+
+    Part of the cache keys: results made by other code (a new release, a
+    changed algorithm during development) are never reused.
+
+    Examples
+    --------
+    >>> code_digest("opsef_orchestrator.tiling") == code_digest("opsef_orchestrator.tiling")
+    True
+    >>> code_digest("opsef_orchestrator.tiling") != code_digest("opsef_orchestrator.measure")
+    True
+    """
+    if modules:
+        files = []
+        for name in sorted(modules):
+            spec = importlib.util.find_spec(name)
+            if spec is None or not spec.origin:
+                raise ValueError(f"modules: no module {name!r}")
+            files.append(Path(spec.origin))
+    else:
+        files = sorted(Path(__file__).resolve().parent.rglob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
@@ -108,8 +147,8 @@ class ContentCache:
 
     @staticmethod
     def key(kind: str, *parts: Any) -> str:
-        """The key of a result of ``kind`` made from ``parts`` (the project's version is part of every key)."""
-        return content_key(kind, __version__, *parts)
+        """The key of a result of ``kind`` made from ``parts`` (the project's version and code are part of every key)."""
+        return content_key(kind, __version__, code_digest(), *parts)
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         """Where the entry ``key`` of ``kind`` lives (whether or not it exists)."""

@@ -40,6 +40,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,7 +50,7 @@ import yaml
 from opsef_protocol.manifest import sha256_file
 
 from opsef_orchestrator import __version__
-from opsef_orchestrator.cache import ContentCache, link_or_copy
+from opsef_orchestrator.cache import LABEL_MODULES, ContentCache, code_digest, link_or_copy
 from opsef_orchestrator.client import SegmentError, SegmenterClient
 from opsef_orchestrator.config import RunConfig
 from opsef_orchestrator.io import atomic_path, list_images, read_image, write_image, write_labels
@@ -393,19 +394,23 @@ class _PagedLabels(np.memmap):
 
 def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: str, params: dict[str, Any],
                    tile: int, overlap: int, z_tile: int, request_id: str,
-                   scratch: Path | None = None) -> tuple[np.ndarray, dict[str, float]]:
+                   scratch: Path | None = None,
+                   gate: threading.BoundedSemaphore | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Segment ``data`` whole, or tile by tile when larger than ``tile`` (stitched into a memory map at ``scratch``).
 
     Tiles are requested :data:`TILES_IN_FLIGHT` at a time and stitched in
     order. Pages of a memory-mapped ``data`` and of the stitched memory map are
     released as the tiles go, so the resident memory is bounded by the tile
-    size, not the image size.
+    size, not the image size. ``gate`` (the service's ``execution.max_in_flight``
+    permits, shared by all its jobs) bounds the requests in flight to it.
     """
+    gate = gate if gate is not None else contextlib.nullcontext()
     spatial = data.shape[: len(axes.replace("C", ""))]
     timings = {"predict_s": 0.0, "requests": 0}
     ny, nx = spatial[-2:]
     if max(ny, nx) <= tile and (z_tile == 0 or len(spatial) == 2 or spatial[0] <= z_tile):
-        res = client.segment(data, axes, model, params, request_id=request_id)
+        with gate:
+            res = client.segment(data, axes, model, params, request_id=request_id)
         return res.labels, {"predict_s": res.timings["predict_s"], "requests": 1, "model_version": res.model_version}
     tile_shape = ((spatial[0] if not z_tile else min(z_tile, spatial[0])),) * (len(spatial) - 2) + (min(tile, ny), min(tile, nx))
     ov = ((overlap if z_tile else 0),) * (len(spatial) - 2) + (overlap, overlap)
@@ -416,7 +421,8 @@ def _segment_tiled(client: SegmenterClient, data: np.ndarray, axes: str, model: 
         view = data[t.read]
         part = np.ascontiguousarray(view)
         release_pages(view)  # a memory-mapped input keeps its pages in the page cache, not in this process
-        return client.segment(part, axes, model, params, request_id=f"{request_id}@{t.index}")
+        with gate:
+            return client.segment(part, axes, model, params, request_id=f"{request_id}@{t.index}")
 
     def results(pool: cf.ThreadPoolExecutor) -> Iterator[tuple[Tile, np.ndarray]]:
         nonlocal version
@@ -535,10 +541,13 @@ def run(
         stage = {"read_preprocess_s": 0.0}
         inputs_rows: list[dict[str, Any]] = []
         read_ahead = _ReadAhead(cfg.execution.read_ahead_mb << 20)
+        # execution.max_in_flight requests per service at once, whether from whole images or from the tiles of one
+        gates = {s: threading.BoundedSemaphore(cfg.execution.max_in_flight) for s in plan.services}
         executors = {s: cf.ThreadPoolExecutor(cfg.execution.max_in_flight, thread_name_prefix=f"opsef-{s}") for s in plan.services}
         futures: list[cf.Future] = []
 
-        session = f"{dt.datetime.fromtimestamp(t_start).isoformat(timespec='seconds')}/{os.getpid()}"
+        # unique per run() call: two sessions of one process in the same second (a resume right after a stop) differ
+        session = f"{dt.datetime.fromtimestamp(t_start).isoformat(timespec='seconds')}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
         def finish(job: Job, entry: dict[str, Any]) -> None:
             entry["session"] = session
@@ -549,7 +558,8 @@ def run(
                     failed.append(entry)
             prog.update(str(job.ref), entry["status"])
 
-        def work(job: Job, data: np.ndarray, axes: str, key: str, out: Path, token: int) -> None:
+        def work(job: Job, data: np.ndarray, axes: str, key: str, out: Path, token: int,
+                 pixel_size: tuple[float | None, float | None, float | None] | None) -> None:
             t0 = time.perf_counter()
             base = {**_job_base(job), "key": key}
             cached = cache / key[:2] / f"{key}.tif"
@@ -562,7 +572,7 @@ def run(
                     try:
                         labels, timings = _segment_tiled(client, data, axes, job.ref.model, job.params, tile,
                                                          min(cfg.tiling.overlap, tile // 4), cfg.tiling.z_tile_size, job.id,
-                                                         scratch)
+                                                         scratch, gates[job.ref.service] if fallback is None else None)
                         break
                     except SegmentError as exc:
                         if exc.reason == "out_of_memory" and fallback is None and tile > 128:
@@ -581,7 +591,7 @@ def run(
                             recovery += 1
                             continue
                         raise
-                write_labels(cached, labels)
+                write_labels(cached, labels, pixel_size=pixel_size)  # calibrated like the image the model saw
                 link_or_copy(cached, out)
                 finish(job, {**base, "status": "ok", "labels": str(out.relative_to(run_dir)), "seconds": round(time.perf_counter() - t0, 3),
                              "predict_s": round(timings["predict_s"], 3), "requests": timings["requests"],
@@ -622,7 +632,7 @@ def run(
                     key_src = {"input": digest, "read": read_opts.model_dump(mode="json"),
                                "pipeline": j.pipeline.model_dump(mode="json"), "model": str(j.ref),
                                "model_info": models[str(j.ref)], "params": j.params,
-                               "tiling": cfg.tiling.model_dump(mode="json")}
+                               "tiling": cfg.tiling.model_dump(mode="json"), "code": code_digest(*LABEL_MODULES)}
                     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()
                     keyed.append((j, key, run_dir / "labels" / j.combination / f"{item.stem}.tif"))
                 # Jobs whose result is in the content cache need no pixels at all.
@@ -679,7 +689,8 @@ def run(
                     if jobs:
                         token = read_ahead.hold(data, len(jobs))
                         for j, key, out in jobs:
-                            futures.append(executors[j.ref.service].submit(work, j, data, axes, key, out, token))
+                            futures.append(executors[j.ref.service].submit(work, j, data, axes, key, out, token,
+                                                                           pre.pixel_size))
                 stage["read_preprocess_s"] += time.perf_counter() - t0
                 read_ahead.wait(lambda: bool(output_errors))
             for f in futures:

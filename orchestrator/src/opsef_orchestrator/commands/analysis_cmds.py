@@ -244,7 +244,8 @@ def _export_run(run_dir: Path, out_dir: Path, combinations: tuple[str, ...], pix
     if unknown:
         raise click.ClickException(f"{run_dir}: no combination(s) {unknown}; available: {', '.join(available)}")
     objects = run_dir / "tables" / "objects.csv"
-    table = pd.read_csv(objects, sep=None, engine="python") if objects.is_file() else None
+    table = pd.read_csv(objects, sep=None, engine="python", dtype={"image": str, "combination": str}) \
+        if objects.is_file() else None
     if table is not None and "class" not in table.columns:
         table = None
     for combo in combinations:
@@ -258,7 +259,7 @@ def _export_run(run_dir: Path, out_dir: Path, combinations: tuple[str, ...], pix
             pre = run_dir / "preprocessed" / pipeline / lf.name
             classes = None
             if table is not None:  # postprocess.classify: the class becomes the ROI group
-                rows = table[(table["combination"] == combo) & (table["image"].astype(str) == lf.stem)]
+                rows = table[(table["combination"] == combo) & (table["image"] == lf.stem)]
                 classes = {int(k): int(v) for k, v in zip(rows["label"], rows["class"])}
             items.append((lf.stem, _load_image(pre) if pre.is_file() else None, labels, classes))
         try:
@@ -350,7 +351,7 @@ def import_imagej(directory: Path, out_dir: Path | None, images_dir: Path | None
                     rois = rois if isinstance(rois, list) else [rois]
                     shape = (max(r.bottom for r in rois) + 1, max(r.right for r in rois) + 1)
                     slices = max((r.z_position or r.position or 0) for r in rois)
-                    shape = (slices, *shape) if slices else shape
+                    shape = (slices, *shape) if slices > 1 else shape  # position 1 alone: a 2D image
                     logger.warning("%s: no image found; label image shape %s from the ROI extents", src, shape)
             try:
                 labels, classes = roi_zip_to_labels(src, shape, return_classes=True)
