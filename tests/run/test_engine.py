@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -97,6 +99,19 @@ def test_sweep_cache_and_record(manager: ServiceManager, stardist, images: Path,
     assert r.returncode == 0, r.stderr
     best = board.sort_values("rank")["combination"].iloc[0]
     assert len(list((tmp_path / "fiji" / best / "rois").glob("*_RoiSet.zip"))) == 6
+
+
+def test_inputs_table_is_complete_when_every_result_is_cached(manager: ServiceManager, stardist, images: Path,
+                                                              tmp_path: Path) -> None:
+    outputs = {"root": str(tmp_path / "runs"), "report": False, "overlays": False, "preprocessed": False}
+    cfg = load_config(_config(tmp_path, images, outputs=outputs))
+    first = run(cfg, manager=manager)
+    shutil.rmtree(cfg.outputs.root / ".cache" / "input")  # e.g. a cache of an older release: labels hit, inputs miss
+    second = run(cfg, manager=manager)
+    assert second.record["counts"]["cached"] == 36
+    rows = pd.read_csv(second.run_dir / "inputs.csv")
+    assert sorted(rows["stem"]) == [f"img{i}" for i in range(6)]
+    assert (rows[["shape", "axes"]].to_numpy() == pd.read_csv(first.run_dir / "inputs.csv")[["shape", "axes"]].to_numpy()).all()
 
 
 def _cli_env(manager: ServiceManager) -> dict[str, str]:

@@ -296,6 +296,12 @@ class _Journal:
             os.fsync(fh.fileno())
 
 
+def _input_info(img: Any) -> dict[str, Any]:
+    """The columns of ``inputs.csv`` that come from the pixels: shape, axes, pixel size."""
+    return {"shape": list(img.shape), "axes": img.axes,
+            "pixel_size": list(img.pixel_size) if img.pixel_size is not None else None}
+
+
 class _ReadAhead:
     """Bytes of preprocessed images held for jobs not yet finished; the reader waits while more than a budget is held.
 
@@ -656,8 +662,12 @@ def run(
                     cfg.outputs.preprocessed and not (run_dir / "preprocessed" / p.name / f"{item.stem}.tif").is_file())]
                 input_key = store.key("input", digest, read_json)
                 input_row = {"stem": item.stem, "path": str(item.path), "sha256": digest}
-                if not want_pre:
+                if not want_pre:  # every result is known: the pixels are read only for inputs.csv, if ever
                     seen = store.get_json("input", input_key)
+                    if seen is None:
+                        with contextlib.suppress(Exception):  # unreadable now: its jobs are done, the row is left out
+                            seen = _input_info(read_image(item.path, **read_opts.kwargs()))
+                            store.put_json("input", input_key, seen)
                     if seen is not None:
                         inputs_rows.append({**input_row, **seen, "ground_truth": str(item.ground_truth or "")})
                     continue
@@ -668,8 +678,7 @@ def run(
                         for j, key, out in jobs:
                             finish(j, {**_job_base(j), "key": key, "status": "failed", "error": str(exc)})
                     continue
-                seen = {"shape": list(img.shape), "axes": img.axes,
-                        "pixel_size": list(img.pixel_size) if img.pixel_size is not None else None}
+                seen = _input_info(img)
                 store.put_json("input", input_key, seen)
                 inputs_rows.append({**input_row, **seen, "ground_truth": str(item.ground_truth or "")})
                 for pipe in want_pre:

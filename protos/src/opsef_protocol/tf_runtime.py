@@ -47,9 +47,16 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 def gpu_total_mb(index: int) -> int | None:
-    """Total memory of GPU ``index`` in MiB from ``nvidia-smi``, or None where it cannot be read."""
+    """Total memory of the ``index``-th visible GPU in MiB from ``nvidia-smi``, or None where it cannot be read.
+
+    ``index`` counts the GPUs this process sees: with ``CUDA_VISIBLE_DEVICES``
+    set (a scheduler's allocation: ``2,3`` or GPU UUIDs), it is mapped to the
+    entry nvidia-smi knows (physical index or UUID).
+    """
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    device = visible[index] if index < len(visible) else str(index)
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", str(index)],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", device],
                              capture_output=True, text=True, timeout=10, check=True).stdout
         return int(float(out.strip().splitlines()[0]))
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
