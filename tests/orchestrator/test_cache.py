@@ -76,6 +76,7 @@ def test_link_out_links_the_entry(store: ContentCache, tmp_path: Path) -> None:
     assert store.link_out("labels", k, ".tif", dst)
     assert dst.read_bytes() == b"labels"
     assert os.stat(dst).st_ino == os.stat(store.path("labels", k, ".tif")).st_ino  # a hard link, no copy
+    assert os.stat(dst).st_mode & 0o777 == 0o444  # read-only: editing the output in place cannot change the cache
     assert not store.link_out("labels", store.key("labels", 2), ".tif", tmp_path / "b.tif")
     assert not (tmp_path / "b.tif").exists()
 

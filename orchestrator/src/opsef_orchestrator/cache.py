@@ -90,8 +90,16 @@ def code_digest(*modules: str) -> str:
 
 
 def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Make ``dst`` a hard link to ``src`` (a copy across file systems), atomically; returns ``dst``."""
+    """Make ``dst`` a hard link to ``src`` (a copy across file systems), atomically; returns ``dst``.
+
+    ``src`` is made read-only first: a linked run output shares its inode with
+    the cache entry, so an in-place edit of the output (an image editor saving
+    over it) would otherwise change the cached result for every later run (as
+    DVC does with its linked cache).
+    """
     src, dst = Path(src), Path(dst)
+    with contextlib.suppress(OSError):
+        os.chmod(src, 0o444)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.part")
     with contextlib.suppress(FileNotFoundError):
