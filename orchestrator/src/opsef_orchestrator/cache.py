@@ -170,8 +170,7 @@ class ContentCache:
     # ------------------------------------------------------------------ typed entries
     def get_bytes(self, kind: str, key: str, suffix: str = ".bin") -> bytes | None:
         data = self._read_bytes(kind, key, suffix)
-        if suffix != ".json":  # get_json counts its own
-            self._count(kind, data is not None)
+        self._count(kind, data is not None)
         return data
 
     def _read_bytes(self, kind: str, key: str, suffix: str) -> bytes | None:

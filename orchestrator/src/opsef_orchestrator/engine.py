@@ -534,7 +534,6 @@ def run(
         run_dir = Path(run_dir) if run_dir else _new_run_dir(cfg.outputs.root, cfg.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         store = ContentCache(cfg.outputs.root / ".cache")
-        cache = store.root / "labels"
         resolved = cfg.model_dump(mode="json")
         _write_text_atomic(run_dir / "run.yaml", config_text or yaml.safe_dump(resolved, sort_keys=False))
         journal = _Journal(run_dir / "jobs.jsonl")
@@ -568,8 +567,8 @@ def run(
                  pixel_size: tuple[float | None, float | None, float | None] | None) -> None:
             t0 = time.perf_counter()
             base = {**_job_base(job), "key": key}
-            cached = cache / key[:2] / f"{key}.tif"
-            scratch = cache.parent / "scratch" / f"{key}.{os.getpid()}.npy"
+            cached = store.path("labels", key, ".tif")
+            scratch = store.root / "scratch" / f"{key}.{os.getpid()}.npy"
             try:
                 tile = cfg.tiling.tile_size
                 recovery, fallback = 0, None
@@ -644,7 +643,7 @@ def run(
                 # Jobs whose result is in the content cache need no pixels at all.
                 pending: dict[str, list[tuple[Job, str, Path]]] = {}
                 for j, key, out in keyed:
-                    cached = cache / key[:2] / f"{key}.tif"
+                    cached = store.path("labels", key, ".tif")
                     if cached.is_file():
                         link_or_copy(cached, out)
                         finish(j, {**_job_base(j), "key": key, "status": "cached", "labels": str(out.relative_to(run_dir)), "seconds": 0.0})

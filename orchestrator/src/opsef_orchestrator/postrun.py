@@ -85,18 +85,17 @@ def _evaluate(cfg: "RunConfig", plan: "Plan", run_dir: Path, ok: list[dict[str, 
     return board
 
 
-def _preprocessed(run_dir: Path, e: dict[str, Any], digests: dict[Path, str]) -> tuple[Path, str | None]:
-    """The preprocessed image of a job and its content digest (None when there is none)."""
-    pre = run_dir / "preprocessed" / e["pipeline"] / f"{e['stem']}.tif"
-    if pre not in digests:
-        digests[pre] = sha256_file(pre) if pre.is_file() else ""
-    return pre, digests[pre] or None
-
-
-def _input_digest(path: Path, digests: dict[Path, str]) -> str:
+def _file_digest(path: Path, digests: dict[Path, str]) -> str:
+    """sha256 of a file, computed once per run (``digests``); "" when there is no such file."""
     if path not in digests:
         digests[path] = sha256_file(path) if path.is_file() else ""
     return digests[path]
+
+
+def _preprocessed(run_dir: Path, e: dict[str, Any], digests: dict[Path, str]) -> tuple[Path, str | None]:
+    """The preprocessed image of a job and its content digest (None when there is none)."""
+    pre = run_dir / "preprocessed" / e["pipeline"] / f"{e['stem']}.tif"
+    return pre, _file_digest(pre, digests) or None
 
 
 def _intensity_source(cfg: "RunConfig", items: dict[str, "ImageItem"], run_dir: Path, e: dict[str, Any],
@@ -105,7 +104,7 @@ def _intensity_source(cfg: "RunConfig", items: dict[str, "ImageItem"], run_dir: 
     if cfg.postprocess.intensity_image == "input" and e["stem"] in items:
         item = items[e["stem"]]
         read = cfg.inputs[item.input_index].read
-        digest = _input_digest(item.path, digests)
+        digest = _file_digest(item.path, digests)
         if not digest:
             return None, None
         return (lambda: read_image(item.path, **read.kwargs()).data), f"input:{digest}:{read.model_dump_json()}"
@@ -125,7 +124,7 @@ def _mask_source(cfg: "RunConfig", items: dict[str, "ImageItem"], e: dict[str, A
         if not path.is_file():
             logger.warning("postprocess.classify.mask: no mask %s for input %s; its objects get class 0", path, item.path)
             return None, None
-        return (lambda: read_image(path).data), f"mask:{_input_digest(path, digests)}"
+        return (lambda: read_image(path).data), f"mask:{_file_digest(path, digests)}"
     from opsef_orchestrator.classify import mask_from_channel
 
     read = cfg.inputs[item.input_index].read.model_copy(update={"channel": spec.channel})
@@ -135,7 +134,7 @@ def _mask_source(cfg: "RunConfig", items: dict[str, "ImageItem"], e: dict[str, A
         img = read_image(item.path, **read.kwargs())
         data = img.data[..., 0] if img.axes.endswith("C") else img.data
         return mask_from_channel(data, **making)
-    return load, f"channel:{_input_digest(item.path, digests)}:{read.model_dump_json()}:{json.dumps(making, sort_keys=True)}"
+    return load, f"channel:{_file_digest(item.path, digests)}:{read.model_dump_json()}:{json.dumps(making, sort_keys=True)}"
 
 
 def _derived_labels(store: ContentCache, kind: str, key: str | None, dst: Path, labels: np.ndarray) -> None:
