@@ -75,14 +75,16 @@ def service_idle(reqs: list[dict[str, float]], t0: float, t1: float) -> dict[str
         else:
             waiting_idle += max(0.0, b["pred_start"] - b["arrival"])  # b's own decode + queue
             starved += max(0.0, b["arrival"] - a["pred_end"])
-    starved += max(0.0, t1 - reqs[-1]["pred_end"])
+    tail = max(0.0, t1 - reqs[-1]["pred_end"])  # after its last job: the sweep had no more work for it
+    starved += tail
+    done_after = reqs[-1]["pred_end"] - t0
     return {"requests": len(reqs), "window_s": window, "predict_s": predict, "busy_share": predict / window,
             "idle_share": 1 - predict / window, "idle_with_request_waiting_s": waiting_idle,
             "idle_with_request_waiting_share": waiting_idle / window, "starved_s": starved, "starved_share": starved / window,
             "first_start_s": reqs[0]["pred_start"] - t0, "tail_after_last_s": t1 - reqs[-1]["pred_end"],
             # starved while the sweep still had work for it: head-of-line blocking behind a slower service
-            "done_after_s": reqs[-1]["pred_end"] - t0, "starved_with_work_left_s": starved - max(0.0, t1 - reqs[-1]["pred_end"]),
-            "starved_with_work_left_share": (starved - max(0.0, t1 - reqs[-1]["pred_end"])) / max(reqs[-1]["pred_end"] - t0, 1e-9)}
+            "done_after_s": done_after, "starved_with_work_left_s": starved - tail,
+            "starved_with_work_left_share": (starved - tail) / max(done_after, 1e-9)}
 
 
 def main(argv: list[str] | None = None) -> int:
